@@ -1,0 +1,25 @@
+"""abnet: Attention Branch Networks for PyTorch.
+
+One forward pass gives the prediction and an attention map of where the network looked; the map,
+fed back into the network, makes it more accurate (Fukui et al., CVPR 2019).
+"""
+
+from .models import (
+    ABN,
+    MASK_MODES,
+    ABNOutput,
+    BackboneSplit,
+    Classifier,
+    UnknownModelError,
+    abn_loss,
+    create_model,
+    list_models,
+    register_pair,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABN", "MASK_MODES", "ABNOutput", "BackboneSplit", "Classifier", "UnknownModelError",
+    "abn_loss", "create_model", "list_models", "register_pair", "__version__",
+]

@@ -1,0 +1,111 @@
+"""The resolved settings of a training run, saved as ``config.json`` in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import AbnetError
+from ..models import MASK_MODES
+
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run. Defaults follow the ABN research code's CIFAR recipe
+    (SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 50 % and 75 %
+    of the epochs: its 150 and 225 of 300), shortened to 30 epochs."""
+
+    model: str = "resnet20_abn"
+    data: str = "shapes"
+    data_root: str | None = None  # folder of an on-disk data set; the generated shapes set needs none
+    out: str = "runs/abnet"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # "step": x0.1 at 50 % and 75 % of the epochs; "cosine": to zero
+    warmup_epochs: float = 0.0  # linear warm-up from lr/10, counted in (fractional) epochs
+    mask: str = "residual"  # ABN models only
+    map_kernel: int = 3  # ABN models only: the map head's conv size
+    seed: int = 0
+    image_size: int | None = None  # generated data sets only
+    limit_train: int | None = None
+    limit_val: int | None = None
+    padding: int = 4  # random-crop padding, pixels
+    channels_last: bool = True  # faster convolutions on this CPU (benchmarks/train_step.py)
+
+    def validate(self) -> TrainConfig:
+        """Raise an :class:`AbnetError` naming the first setting that makes no sense."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "map_kernel": self.map_kernel}
+        for name, value in positive.items():
+            if not value > 0:
+                raise AbnetError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "padding"):
+            if getattr(self, name) < 0:
+                raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("limit_train", "limit_val", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise AbnetError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise AbnetError(f"--data-root {self.data_root} is not a folder")
+        if self.schedule not in SCHEDULES:
+            raise AbnetError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.mask not in MASK_MODES:
+            raise AbnetError(f"unknown mask mode {self.mask!r}; choose one of {', '.join(MASK_MODES)}")
+        if self.map_kernel % 2 == 0:
+            raise AbnetError(f"map-kernel must be odd (1, 3, 5, ...), got {self.map_kernel}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict (e.g. a saved ``config.json``), rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AbnetError(f"{source} has unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for f in fields(cls):
+            if f.name in values and not _has_type(values[f.name], f.type):
+                raise AbnetError(f"{source}: setting {f.name!r} must be {f.type}, got {values[f.name]!r}")
+        return cls(**values)
+
+    def lr_at(self, step: int, steps_per_epoch: int) -> float:
+        """Learning rate at optimizer step ``step`` (0-based): warm-up, then the schedule."""
+        epoch = step / steps_per_epoch
+        if epoch < self.warmup_epochs:
+            return self.lr * (0.1 + 0.9 * epoch / self.warmup_epochs)
+        if self.schedule == "cosine":
+            span = max(self.epochs - self.warmup_epochs, 1e-8)
+            return 0.5 * self.lr * (1 + math.cos(math.pi * min((epoch - self.warmup_epochs) / span, 1.0)))
+        return self.lr * 0.1 ** sum(epoch >= m * self.epochs for m in (0.5, 0.75))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The settings in a JSON config file (such as a run folder's ``config.json``)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AbnetError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AbnetError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise AbnetError(f"config file {path} must hold a JSON object of settings")
+    return values
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotation such as ``"int"`` or ``"str | None"``."""
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    kinds = tuple(k for name in annotation.split(" | ") for k in allowed[name])
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)

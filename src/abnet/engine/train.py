@@ -1,0 +1,166 @@
+"""The training loop, readable in one sitting: SGD, a per-step learning-rate schedule, both
+branches' loss, evaluation each epoch, and a run folder that a crash cannot corrupt.
+
+Run folder: ``config.json`` (resolved settings), ``last.pt`` (resumable state, every epoch),
+``best.safetensors`` (best validation accuracy), ``metrics.jsonl`` (one line per epoch) and
+``train.log``. Batches are a function of (seed, epoch), so ``resume=True`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data.loader import InMemoryLoader
+from ..data.registry import data_spec, load_dataset
+from ..errors import AbnetError
+from ..fileio import write_text
+from ..models import create_model, model_info
+from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
+from .config import TrainConfig
+from .evaluate import evaluate, model_loss
+
+log = logging.getLogger("abnet")
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The model a config names; ABN-only settings go to ABN models only."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if model_info(cfg.model).is_abn:
+        kwargs.update(mask=cfg.mask, map_kernel=cfg.map_kernel)
+    return create_model(cfg.model, **kwargs)
+
+
+def prepare_run_dir(out: str | Path, resume: bool) -> Path:
+    """Make the run folder; refuse to write into one that holds a run unless resuming it."""
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AbnetError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    has_run = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume and not (run_dir / STATE_FILE).is_file():
+        raise AbnetError(f"cannot resume: {run_dir / STATE_FILE} does not exist; start the run without --resume")
+    if has_run and not resume:
+        raise AbnetError(f"--out {run_dir} already holds files; pass --resume to continue that run "
+                         "or choose a new --out (nothing was overwritten)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data`` into the run folder ``cfg.out``; returns the last epoch's metrics.
+
+    Raises :class:`AbnetError` for bad settings before anything is written.
+    """
+    cfg.validate()
+    model_info(cfg.model)  # unknown names fail here, before the run folder is touched
+    spec = data_spec(cfg.data)
+    run_dir = prepare_run_dir(cfg.out, resume)
+    if resume:
+        state = load_state(run_dir / STATE_FILE)
+        saved = TrainConfig.from_dict(state["meta"]["train_config"])
+        if (saved.model, saved.data) != (cfg.model, cfg.data):
+            raise AbnetError(f"cannot resume {run_dir}: it trains {saved.model} on {saved.data}, "
+                             f"not {cfg.model} on {cfg.data}")
+    handler = _log_to(run_dir / "train.log")
+    try:
+        return _fit(cfg, spec, run_dir, state if resume else None, progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _fit(cfg: TrainConfig, spec, run_dir: Path, state: dict | None, progress: bool) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    train_set = load_dataset(cfg.data, "train", cfg.limit_train, cfg.image_size, cfg.seed)
+    val_set = load_dataset(cfg.data, "val", cfg.limit_val, cfg.image_size, cfg.seed)
+    model = build_model(cfg, train_set.num_classes)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    loader_args = dict(mean=spec.mean, std=spec.std, channels_last=cfg.channels_last)
+    train_loader = InMemoryLoader(train_set, cfg.batch_size, train=True, seed=cfg.seed, padding=cfg.padding,
+                                  **loader_args)
+    val_loader = InMemoryLoader(val_set, max(cfg.batch_size, 256), **loader_args)
+    meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
+                      image_size=list(train_set.image_size), data=cfg.data, train_config=asdict(cfg))
+
+    start_epoch, best = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best = state["epoch"], state["best_accuracy"]
+        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, cfg.epochs)
+    else:
+        write_text(run_dir / "config.json", cfg.to_json())
+        log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs",
+                 cfg.model, f"{sum(p.numel() for p in model.parameters()):,}", cfg.data, len(train_set),
+                 len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs)
+    _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch)
+
+    steps_per_epoch = len(train_loader)
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(train_loader.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=None if progress else True)
+        for i, batch in enumerate(bar):
+            lr = cfg.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = model_loss(model(batch.images), batch.labels)
+            if not math.isfinite(loss.item()):
+                raise AbnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr "
+                                 f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good epoch")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(batch.labels)
+            seen += len(batch.labels)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - t0
+        val = evaluate(model, val_loader)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
+                   **({"val_pointing_game": val["pointing_game"]} if "pointing_game" in val else {}),
+                   "lr": lr, "images_per_s": seen / seconds, "seconds": seconds}
+        if val["accuracy"] > best:
+            best = val["accuracy"]
+            save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
+        save_state(run_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "epoch": epoch + 1, "best_accuracy": best,
+                                          "rng": torch.get_rng_state(), "meta": meta})
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %.0f img/s  %.1fs",
+                 epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
+                 "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
+                 metrics["images_per_s"], seconds)
+    return metrics
+
+
+def _keep_metrics_before(path: Path, epoch: int) -> None:
+    """On resume, drop metric lines of epochs that will be trained again."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+    write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _log_to(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler

@@ -1,0 +1,56 @@
+"""Attention maps laid over their images, and a grid of them as a PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..fileio import atomic_write
+from .metrics import upsample_maps
+
+
+def overlay(images: Tensor, attention: Tensor, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
+    """Blend maps into images: uint8 (N, 3, H, W) and (N, 1, h, w) in [0, 1] -> uint8 (N, H, W, 3).
+
+    The map is resized to the image and coloured with a perceptually uniform colour map, so
+    bright means high attention.
+    """
+    maps = upsample_maps(attention, tuple(images.shape[2:])).clamp(0, 1).numpy()
+    colours = matplotlib.colormaps[cmap](maps)[..., :3]
+    base = images.permute(0, 2, 3, 1).numpy() / 255.0
+    return np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8)
+
+
+def save_grid(
+    path: str | Path,
+    images: Tensor,
+    attention: Tensor,
+    captions: Sequence[str],
+    correct: Sequence[bool] | None = None,
+    columns: int = 4,
+) -> None:
+    """Write a PNG of (image, overlay) pairs with a caption each (green if correct, red if not)."""
+    from matplotlib.figure import Figure
+
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig = Figure(figsize=(columns * 2.6, rows * 1.55), dpi=110)
+    blended = overlay(images, attention)
+    for i in range(rows * columns):
+        for j, picture in enumerate((images, blended)):
+            ax = fig.add_subplot(rows, 2 * columns, 2 * i + j + 1)
+            ax.set_axis_off()
+            if i >= n:
+                continue
+            shown = picture[i].permute(1, 2, 0).numpy() if isinstance(picture, torch.Tensor) else picture[i]
+            ax.imshow(shown, interpolation="nearest")
+            if j == 0:
+                colour = "black" if correct is None else ("green" if correct[i] else "red")
+                ax.set_title(captions[i], fontsize=7, color=colour, loc="left")
+    fig.tight_layout(pad=0.3)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

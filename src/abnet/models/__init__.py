@@ -1,0 +1,10 @@
+"""Models: the ABN core, the registry and the backbone families (importing a family registers it)."""
+
+from . import cifar_resnet  # noqa: F401  (registers resnet20 ... resnet110 and their _abn variants)
+from .abn import ABN, MASK_MODES, ABNOutput, AttentionBranch, BackboneSplit, Classifier, abn_loss, apply_mask
+from .registry import UnknownModelError, create_model, list_models, model_info, register_pair
+
+__all__ = [
+    "ABN", "MASK_MODES", "ABNOutput", "AttentionBranch", "BackboneSplit", "Classifier", "abn_loss", "apply_mask",
+    "UnknownModelError", "create_model", "list_models", "model_info", "register_pair",
+]

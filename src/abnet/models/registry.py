@@ -1,0 +1,82 @@
+"""Model names -> builders, in the spirit of timm's ``create_model``.
+
+A family registers a *split function* (which stages form the feature extractor, the perception
+branch and the repeated attention stage); :func:`register_pair` turns it into a plain model
+``name`` and an ABN model ``name_abn``, so no family builds the attention branch itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import AbnetError
+from .abn import ABN, BackboneSplit, Classifier
+
+SplitFn = Callable[..., BackboneSplit]
+
+
+class UnknownModelError(AbnetError):
+    """A model name that is not registered; the message suggests close names."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of a model besides how to build it."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    is_abn: bool
+    input_size: tuple[int, int, int]
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int] = (3, 32, 32)) -> None:
+    """Register ``name`` (plain baseline) and ``name_abn`` (ABN) built from one split function.
+
+    ``split_fn(num_classes=..., attention=..., **family_kwargs)`` returns a :class:`BackboneSplit`.
+    """
+
+    def plain(num_classes: int = 10, **kwargs: Any) -> nn.Module:
+        return Classifier(split_fn(num_classes=num_classes, attention=False, **kwargs))
+
+    def abn(num_classes: int = 10, mask: str = "residual", map_kernel: int = 3, **kwargs: Any) -> nn.Module:
+        split = split_fn(num_classes=num_classes, attention=True, **kwargs)
+        return ABN(split, num_classes, mask=mask, map_kernel=map_kernel)
+
+    for key, builder, is_abn in ((name, plain, False), (f"{name}_abn", abn, True)):
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        _REGISTRY[key] = ModelInfo(key, builder, is_abn, input_size)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, e.g. ``"*abn*"``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an :class:`UnknownModelError` naming close matches if absent."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `abnet models` or abnet.list_models()"
+        raise UnknownModelError(f"unknown model {name!r}; {hint}") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("resnet20_abn", num_classes=100, mask="residual")``.
+
+    The name and arguments are kept on the model as ``abnet_config`` so a checkpoint can rebuild it.
+    """
+    model = model_info(name).builder(**kwargs)
+    model.abnet_config = {"model": name, **kwargs}
+    return model

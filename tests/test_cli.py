@@ -1,0 +1,189 @@
+"""The command line: one-line errors with exit code 2, nothing overwritten, safe checkpoint loading."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import abnet
+from abnet.cli import main
+from abnet.engine.checkpoint import model_meta, save_weights
+
+TINY = ["--data", "shapes", "--image-size", "16", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32"]
+
+
+def run_cli(capsys, *argv):
+    """Run `abnet argv...` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse usage errors and --help
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--model", "resnet20_abn", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_then_eval_json(trained, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(trained), "--data", "shapes", "--limit", "50", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert {"accuracy", "att_accuracy", "loss", "n", "pointing_game"} <= set(result)
+    assert result["n"] == 50 and 0 <= result["accuracy"] <= 1
+
+
+def test_unknown_model_suggests_names(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20abn", *TINY, "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "unknown model", "resnet20_abn")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_data_set(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", "--data", "imagenet21k",
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "unknown data set", "shapes")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"),
+                                         ("--limit-train", "zero"), ("--seed", "-1")])
+def test_nonsense_numbers(tmp_path, capsys, flag, value):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, flag, value,
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, flag)
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, "--data-root",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "--data-root", "not a folder")
+
+
+def test_existing_run_folder_is_not_overwritten(trained, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, "--out", str(trained))
+    assert_one_line_error(code, err, "already holds files", "--resume")
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_resume_of_another_model_is_refused(trained, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--model", "resnet32_abn", "--out", str(trained), "--resume",
+                           "--epochs", "2")
+    assert_one_line_error(code, err, "cannot resume")
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_resume_continues_the_run(trained, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    code, out, _ = run_cli(capsys, "train", "--out", str(copy), "--resume", "--epochs", "2")
+    assert code == 0 and json.loads(out)["epoch"] == 2
+    assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_missing_required_flags(capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn")
+    assert_one_line_error(code, err, "--data", "--out")
+
+
+@pytest.mark.parametrize("content", [None, b"", b"this is not a checkpoint at all" * 10])
+def test_bad_checkpoints(tmp_path, capsys, content):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run_cli(capsys, "eval", str(path), "--data", "shapes")
+    assert_one_line_error(code, err, str(path))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("open(%r, 'w').write('pwned')" % _Exploit.target,))
+
+
+def test_malicious_pickle_does_not_run(tmp_path, capsys):
+    _Exploit.target = str(tmp_path / "pwned")
+    path = tmp_path / "last.pt"
+    torch.save({"model": _Exploit(), "meta": {}}, path)
+    code, _, err = run_cli(capsys, "eval", str(path), "--data", "shapes")
+    assert_one_line_error(code, err, "refused")
+    assert not (tmp_path / "pwned").exists()
+    torch.load(path, weights_only=False)  # proof that the file is a real exploit (it writes into tmp_path)
+    assert (tmp_path / "pwned").read_text() == "pwned"
+
+
+def test_checkpoint_of_another_model(tmp_path, capsys):
+    model = abnet.create_model("resnet32_abn", num_classes=6)
+    meta = model_meta(model, classes=list("abcdef"), mean=[0.5] * 3, std=[0.25] * 3, image_size=[32, 32])
+    meta["model_config"] = {"model": "resnet20_abn", "num_classes": 6}  # lies about its model
+    save_weights(tmp_path / "w.safetensors", model, meta)
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "w.safetensors"), "--data", "shapes")
+    assert_one_line_error(code, err, "does not fit model 'resnet20_abn'")
+
+
+def test_checkpoint_naming_an_unknown_model(tmp_path, capsys):
+    model = abnet.create_model("resnet20_abn", num_classes=6)
+    meta = model_meta(model, classes=list("abcdef"), mean=[0.5] * 3, std=[0.25] * 3, image_size=[32, 32])
+    meta["model_config"] = {"model": "resnet21_abn"}
+    save_weights(tmp_path / "w.safetensors", model, meta)
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "w.safetensors"), "--data", "shapes")
+    assert_one_line_error(code, err, "cannot build")
+
+
+def test_models_lists_names(capsys):
+    code, out, _ = run_cli(capsys, "models", "*abn")
+    assert code == 0 and "resnet110_abn" in out.split()
+
+
+def test_python_dash_m_and_exit_code_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "abnet", "eval", str(tmp_path / "missing.pt"), "--data", "shapes"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+    helped = subprocess.run([sys.executable, "-m", "abnet", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "demo" in helped.stdout and "train" in helped.stdout
+
+
+def test_demo_writes_grid_and_metrics(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import abnet.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_CONFIG", replace(demo.DEMO_CONFIG, image_size=16, limit_train=64,
+                                                      limit_val=32, batch_size=32))
+    monkeypatch.setattr(demo, "TEST_IMAGES", 40)
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert code == 0 and "pointing_game" in out
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert {"accuracy", "pointing_game", "att_accuracy", "n"} <= set(metrics) and metrics["n"] == 40
+    assert (tmp_path / "demo" / "attention_grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_default_folder_never_overwrites(tmp_path, monkeypatch):
+    from abnet.demo import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert str(default_out_dir()) == "abnet-demo"
+    (tmp_path / "abnet-demo").mkdir()
+    assert str(default_out_dir()) == "abnet-demo"  # empty folder is fine
+    (tmp_path / "abnet-demo" / "x").write_text("keep")
+    assert str(default_out_dir()) == "abnet-demo-2"
