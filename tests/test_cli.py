@@ -116,7 +116,7 @@ def test_bad_checkpoints(tmp_path, capsys, content):
 
 class _Exploit:
     def __reduce__(self):
-        return (exec, ("open(%r, 'w').write('pwned')" % _Exploit.target,))
+        return (exec, (f"open({_Exploit.target!r}, 'w').write('pwned')",))
 
 
 def test_malicious_pickle_does_not_run(tmp_path, capsys):

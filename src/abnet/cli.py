@@ -29,7 +29,8 @@ def _number(kind: type, minimum: float, inclusive: bool):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if value < minimum or (value == minimum and not inclusive):
             bound = f">= {minimum}" if inclusive else f"> {minimum}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")

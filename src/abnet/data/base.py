@@ -19,7 +19,8 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
         if self.masks is not None and self.masks.shape != (len(self.images), *self.images.shape[2:]):

@@ -103,7 +103,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"{path} does not fit model {meta['model_config'].get('model')!r}: {detail[:200]}") from None
+        name = meta["model_config"].get("model")
+        raise CheckpointError(f"{path} does not fit model {name!r}: {detail[:200]}") from None
     return model.eval(), meta
 
 

@@ -55,13 +55,19 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     return run_dir
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, model: nn.Module | None = None
+) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` into the run folder ``cfg.out``; returns the last epoch's metrics.
 
-    Raises :class:`AbnetError` for bad settings before anything is written.
+    ``model``: an instance of ``cfg.model`` made by ``create_model`` (e.g. with weights of your own
+    choosing) to train instead of a freshly built one. Raises :class:`AbnetError` for bad settings
+    before anything is written.
     """
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
+    if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
+        raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
     run_dir = prepare_run_dir(cfg.out, resume)
     if resume:
@@ -72,17 +78,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                              f"not {cfg.model} on {cfg.data}")
     handler = _log_to(run_dir / "train.log")
     try:
-        return _fit(cfg, spec, run_dir, state if resume else None, progress)
+        return _fit(cfg, spec, run_dir, state if resume else None, progress, model)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _fit(cfg: TrainConfig, spec, run_dir: Path, state: dict | None, progress: bool) -> dict[str, Any]:
+def _fit(
+    cfg: TrainConfig, spec, run_dir: Path, state: dict | None, progress: bool, model: nn.Module | None
+) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     train_set = load_dataset(cfg.data, "train", cfg.limit_train, cfg.image_size, cfg.seed)
     val_set = load_dataset(cfg.data, "val", cfg.limit_val, cfg.image_size, cfg.seed)
-    model = build_model(cfg, train_set.num_classes)
+    model = model or build_model(cfg, train_set.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

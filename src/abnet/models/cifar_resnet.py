@@ -74,7 +74,9 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
 
 
-def make_stage(block: type[BasicBlock | Bottleneck], in_channels: int, planes: int, n: int, stride: int) -> nn.Sequential:
+def make_stage(
+    block: type[BasicBlock | Bottleneck], in_channels: int, planes: int, n: int, stride: int
+) -> nn.Sequential:
     """n blocks; the first one changes stride and width."""
     layers = [block(in_channels, planes, stride)]
     layers += [block(planes * block.expansion, planes) for _ in range(n - 1)]
