@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 import abnet
-from abnet.data.loader import InMemoryLoader
-from abnet.data.registry import SHAPES, load_dataset
+from abnet.data.registry import SHAPES, load_dataset, make_loader
 from abnet.data.shapes import CLASSES as SHAPES_CLASSES
 from abnet.demo import DEMO_CONFIG, TEST_IMAGES
 from abnet.engine.checkpoint import load_checkpoint
@@ -74,8 +73,8 @@ def run(variant: str, seed: int) -> dict:
         train(cfg, progress=False, model=model)
         model, _ = load_checkpoint(out)
         seconds = time.perf_counter() - started
-    test = load_dataset("shapes", "test", limit=TEST_IMAGES, seed=seed)
-    scores = evaluate(model, InMemoryLoader(test, 500, SHAPES.mean, SHAPES.std))
+    test = load_dataset("shapes", "test", limit=TEST_IMAGES, options=cfg.data_options())
+    scores = evaluate(model, make_loader(test, SHAPES, 500))
     return {"variant": variant, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
             **{k: scores.get(k) for k in ("accuracy", "att_accuracy", "pointing_game", "n")},
             "train_seconds": round(seconds, 1)}

@@ -69,10 +69,16 @@ def test_nonsense_numbers(tmp_path, capsys, flag, value):
     assert_one_line_error(code, err, flag)
 
 
-def test_missing_data_folder(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, "--data-root",
-                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
-    assert_one_line_error(code, err, "--data-root", "not a folder")
+def test_missing_or_empty_data_folder(tmp_path, capsys):
+    run = ["train", "--model", "resnet20_abn", "--data", "cifar10", "--out", str(tmp_path / "r")]
+    code, _, err = run_cli(capsys, *run, "--data-root", str(tmp_path / "nowhere"))
+    assert_one_line_error(code, err, "--data-root", "not a folder", "cifar-10-batches-py/")
+    code, _, err = run_cli(capsys, *run)
+    assert_one_line_error(code, err, "pass --data-root")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, *run, "--data-root", str(tmp_path / "empty"))
+    assert_one_line_error(code, err, "CIFAR-10 not found", "data_batch_1", "test_batch")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
 def test_existing_run_folder_is_not_overwritten(trained, capsys):

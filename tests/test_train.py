@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from abnet.data.loader import normalize
-from abnet.data.registry import SHAPES, load_dataset
+from abnet.data.registry import SHAPES, DataOptions, load_dataset
 from abnet.engine.checkpoint import load_checkpoint, load_state
 from abnet.engine.config import TrainConfig
 from abnet.engine.train import train
@@ -44,7 +44,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(run):
     from_state, _ = load_checkpoint(out / "last.pt")
     from_weights, meta = load_checkpoint(out / "best.safetensors")
     assert meta["classes"] == list(load_dataset("shapes", "val", limit=1).classes)
-    x = normalize(load_dataset("shapes", "val", limit=8, image_size=16).images, SHAPES.mean, SHAPES.std)
+    x = normalize(load_dataset("shapes", "val", 8, DataOptions(image_size=16)).images, SHAPES.mean, SHAPES.std)
     # last.pt holds the final weights exactly
     for name, tensor in from_state.state_dict().items():
         assert torch.equal(tensor, state["model"][name])

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 
 EXIT_USAGE = 2
+DATA_NAMES = "shapes, cifar10, cifar100, svhn, fashion-mnist, imagefolder"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,25 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model; settings come from --config (JSON, e.g. a run's "
                                    "config.json), then the flags given. --resume continues the run in --out.")
     p.add_argument("--model", help="registered model name, e.g. resnet20_abn (see `abnet models`)")
-    p.add_argument("--data", help="data set name (available: shapes)")
-    p.add_argument("--data-root", help="folder holding the data set (not needed for the generated shapes set)")
+    p.add_argument("--data", help=f"data set name: {DATA_NAMES}")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for shapes)")
     p.add_argument("--out", help="run folder to create (must be new or empty unless --resume)")
     p.add_argument("--config", help="JSON file of settings; flags given override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--lr", type=positive_float, help="peak learning rate")
-    p.add_argument("--momentum", type=non_negative_float)
-    p.add_argument("--weight-decay", type=non_negative_float)
-    p.add_argument("--schedule", choices=("step", "cosine"), help="step: x0.1 at 50%% and 75%% of the epochs")
-    p.add_argument("--warmup-epochs", type=non_negative_float)
+    p.add_argument("--epochs", type=positive_int, help="(30)")
+    p.add_argument("--batch-size", type=positive_int, help="(128)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (0.1)")
+    p.add_argument("--momentum", type=non_negative_float, help="SGD momentum (0.9)")
+    p.add_argument("--weight-decay", type=non_negative_float, help="(1e-4)")
+    p.add_argument("--schedule", choices=("step", "cosine"),
+                   help="step (default): x0.1 at 50%% and 75%% of the epochs; cosine: to zero")
+    p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (0)")
     p.add_argument("--mask", choices=("residual", "multiply", "none"), help="what the perception branch reads "
                    "(ABN models): g*(1+M), g*M or g")
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
-    p.add_argument("--seed", type=non_negative_int)
-    p.add_argument("--image-size", type=positive_int, help="image size of a generated data set")
+    p.add_argument("--seed", type=non_negative_int, help="(0)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="shapes: generated size (32); imagefolder: resize/crop size (224; <= 64 is held in memory)")
     p.add_argument("--limit-train", type=positive_int, help="use at most N training images")
     p.add_argument("--limit-val", type=positive_int, help="use at most N validation images")
+    p.add_argument("--val-fraction", type=positive_float,
+                   help="share of the training set held out for validation where there is no val split (0.1)")
+    p.add_argument("--coarse", action="store_const", const=True, help="cifar100: the 20 coarse classes")
+    p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep tensors channels-first (channels_last is faster on CPUs)")
     p.set_defaults(func=cmd_train)
@@ -91,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate both branches of a checkpoint (a run folder, best.safetensors "
                                    "or last.pt).")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="data set name (available: shapes)")
-    p.add_argument("--data-root", help="folder holding the data set (not needed for shapes)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--data", required=True, help=f"data set name: {DATA_NAMES}")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for shapes)")
+    p.add_argument("--split", help="split to evaluate (default: test, or val where there is no test split)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most N images")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers for large images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -149,29 +157,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data.loader import InMemoryLoader
-    from .data.registry import load_dataset
+    from dataclasses import replace
+
+    from .data.registry import DataOptions, data_spec, load_dataset, make_loader
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
     from .errors import AbnetError
 
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise AbnetError(f"--data-root {args.data_root} is not a folder")
+    spec = data_spec(args.data)
     model, meta = load_checkpoint(args.checkpoint)
-    image_size = meta.get("image_size", [None])[0]
-    data = load_dataset(args.data, args.split, args.limit, image_size, args.seed)
+    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.get("image_size", [None])[0],
+                          seed=args.seed, coarse=meta.get("coarse", False),
+                          val_fraction=meta.get("train_config", {}).get("val_fraction", 0.1))
+    split = args.split or spec.eval_split(options)
+    data = load_dataset(args.data, split, args.limit, options)
     if data.num_classes != len(meta["classes"]):
         raise AbnetError(f"the checkpoint classifies {len(meta['classes'])} classes but {args.data} has "
                          f"{data.num_classes}; evaluate it on the data set it was trained for ({meta.get('data')})")
-    loader = InMemoryLoader(data, args.batch_size, tuple(meta["mean"]), tuple(meta["std"]))
-    result = {**evaluate(model, loader), "data": args.data, "split": args.split,
-              "model": meta["model_config"]["model"]}
+    spec = replace(spec, mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # the model's own normalisation
+    result = {**evaluate(model, make_loader(data, spec, args.batch_size, workers=args.workers)),
+              "data": args.data, "split": split, "model": meta["model_config"]["model"]}
     if args.json:
         print(json.dumps(result))
     else:
         att = "-" if result["att_accuracy"] is None else f"{result['att_accuracy']:.4f}"
         extra = f"  pointing game {result['pointing_game']:.4f}" if "pointing_game" in result else ""
-        print(f"{result['model']} on {args.data}/{args.split} ({result['n']} images): accuracy "
+        print(f"{result['model']} on {args.data}/{split} ({result['n']} images): accuracy "
               f"{result['accuracy']:.4f}  attention-branch accuracy {att}  loss {result['loss']:.4f}{extra}")
     return 0
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from .data.loader import InMemoryLoader, normalize
-from .data.registry import SHAPES, load_dataset
+from .data.loader import normalize
+from .data.registry import SHAPES, load_dataset, make_loader
 from .engine.checkpoint import WEIGHTS_FILE, load_checkpoint
 from .engine.config import TrainConfig
 from .engine.evaluate import evaluate
@@ -45,8 +45,8 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int | None = None, progress
     cfg = replace(DEMO_CONFIG, out=str(out), seed=seed, epochs=epochs or DEMO_CONFIG.epochs)
     train(cfg, progress=progress)
     model, meta = load_checkpoint(Path(out) / WEIGHTS_FILE)
-    test = load_dataset("shapes", "test", limit=TEST_IMAGES, seed=seed)
-    scores = evaluate(model, InMemoryLoader(test, 500, SHAPES.mean, SHAPES.std))
+    test = load_dataset("shapes", "test", limit=TEST_IMAGES, options=cfg.data_options())
+    scores = evaluate(model, make_loader(test, SHAPES, 500))
 
     shown = test.subset(slice(0, GRID_IMAGES))
     with torch.no_grad():

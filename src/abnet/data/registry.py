@@ -1,39 +1,114 @@
-"""Data sets by name: what ``--data`` accepts, and how each is loaded and normalised."""
+"""Data sets by name: what ``--data`` accepts, where each lives on disk, and how it is loaded.
+
+Each name maps to a :class:`DataSpec`. :func:`load_dataset` returns an in-memory
+:class:`~abnet.data.base.ImageSet` (small images: the fast path) or, for large images in a folder,
+a :class:`~abnet.data.folder.FolderIndex` to stream; :func:`make_loader` turns either into batches.
+A data set without a validation split gets one carved from its training set, deterministically
+by fraction.
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from ..errors import DataError
 from .base import ImageSet
+from .cifar import load_cifar
+from .folder import IN_MEMORY_MAX_SIZE, FolderIndex, FolderLoader, load_folder_in_memory, scan
+from .loader import InMemoryLoader
+from .mnist_idx import load_fashion_mnist
 from .shapes import make_shapes
+from .svhn import load_svhn
 
-# Names of data sets that the design promises and this version cannot read yet.
-PLANNED = ("cifar10", "cifar100", "svhn", "fashion-mnist", "imagefolder", "celeba")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VAL_SPLIT_SEED = 0  # the carved validation split does not change with the training seed
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Loading options beyond the split: where the files are and a few per-set choices."""
+
+    root: Path | None = None
+    image_size: int | None = None  # shapes: generated size; imagefolder: resize/crop size
+    seed: int = 0  # shapes: which generated set
+    val_fraction: float = 0.1  # share of the training set held out where there is no val split
+    coarse: bool = False  # cifar100: the 20 super-classes
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """How to load one named data set."""
+    """One named data set: its native splits, normalisation, and how to read a split."""
 
     name: str
-    splits: tuple[str, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    default_sizes: dict[str, int]  # generated sets: samples per split
-    default_image_size: int
+    read: Callable[[str, DataOptions, int | None], ImageSet | FolderIndex]  # (split, options, limit hint)
+    splits: tuple[str, ...]  # native splits; "val" is carved from "train" when absent
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+    layout: str = ""  # what --data-root must hold, for messages
+    padding: int = 4  # random-crop padding of the in-memory path
+    flip: bool = True  # random horizontal flips (not for digits)
+    extra_splits: tuple[str, ...] = field(default=())  # readable on request, never carved
+    find_splits: Callable[[Path], tuple[str, ...]] | None = None  # native splits found under the root
+
+    def native_splits(self, o: DataOptions) -> tuple[str, ...]:
+        return self.find_splits(o.root) if self.find_splits and o.root else self.splits
+
+    @property
+    def needs_root(self) -> bool:
+        return bool(self.layout)
+
+    def eval_split(self, o: DataOptions) -> str:
+        """The split ``abnet eval`` reads by default: test where there is one, else val."""
+        return "test" if "test" in self.native_splits(o) else "val"
 
 
-SHAPES = DataSpec(
-    name="shapes",
-    splits=("train", "val", "test"),
-    mean=(0.5, 0.5, 0.5),
-    std=(0.25, 0.25, 0.25),
-    default_sizes={"train": 10_000, "val": 2_000, "test": 2_000},
-    default_image_size=32,
-)
-DATASETS = {SHAPES.name: SHAPES}
+SHAPES_SIZES = {"train": 10_000, "val": 2_000, "test": 2_000}
+
+
+def _read_shapes(split: str, o: DataOptions, limit: int | None) -> ImageSet:
+    n = SHAPES_SIZES[split] if limit is None else min(limit, SHAPES_SIZES[split])  # generate no more than used
+    return make_shapes(n, size=o.image_size or 32, seed=o.seed, split=split)
+
+
+def _read_folder(split: str, o: DataOptions, limit: int | None) -> ImageSet | FolderIndex:
+    root, size = o.root, o.image_size or 224
+    base = root / "train" if (root / "train").is_dir() else root
+    index = scan(base, size=size) if split == "train" else scan(root / split, scan(base).classes, size)
+    return load_folder_in_memory(index) if size <= IN_MEMORY_MAX_SIZE else index
+
+
+def _folder_splits(root: Path) -> tuple[str, ...]:
+    """train/ (or the root itself) and whichever of val/ and test/ exist."""
+    return ("train", *(s for s in ("val", "test") if (root / s).is_dir() and (root / "train").is_dir()))
+
+
+SHAPES = DataSpec("shapes", _read_shapes, ("train", "val", "test"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+DATASETS = {spec.name: spec for spec in (
+    SHAPES,
+    DataSpec("cifar10", lambda split, o, _: load_cifar(o.root, split, 10), ("train", "test"),
+             layout="cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
+    DataSpec("cifar100", lambda split, o, _: load_cifar(o.root, split, 100, o.coarse), ("train", "test"),
+             mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+             layout="cifar-100-python/ (train, test, meta)"),
+    DataSpec("svhn", lambda split, o, _: load_svhn(o.root, split), ("train", "test"), extra_splits=("extra",),
+             flip=False,
+             mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+             layout="train_32x32.mat and test_32x32.mat"),
+    DataSpec("fashion-mnist", lambda split, o, _: load_fashion_mnist(o.root, split), ("train", "test"),
+             mean=(0.2860,) * 3, std=(0.3530,) * 3, padding=2,
+             layout="train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-*[.gz]"),
+    DataSpec("imagefolder", _read_folder, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             find_splits=_folder_splits,
+             layout="train/<class>/<images> and optionally val/<class>/<images> (or just <class>/<images>)"),
+)}
+# The design promises it; this version cannot read it yet.
+PLANNED = ("celeba",)
 
 
 def data_spec(name: str) -> DataSpec:
@@ -49,16 +124,64 @@ def data_spec(name: str) -> DataSpec:
 
 
 def load_dataset(
-    name: str, split: str = "train", limit: int | None = None, image_size: int | None = None, seed: int = 0
-) -> ImageSet:
+    name: str, split: str = "train", limit: int | None = None, options: DataOptions | None = None
+) -> ImageSet | FolderIndex:
     """Load ``split`` of a named data set, at most ``limit`` samples.
 
-    For the generated ``shapes`` set, ``seed`` picks the set and ``image_size`` its resolution.
+    Where the data set has no "val" split, "val" is a fixed ``val_fraction`` of the training set and
+    "train" is the rest.
     """
     spec = data_spec(name)
-    if split not in spec.splits:
-        raise DataError(f"data set {name!r} has no split {split!r}; choose one of {', '.join(spec.splits)}")
+    o = options or DataOptions()
     if limit is not None and limit < 1:
         raise DataError(f"limit must be a positive number of samples, got {limit}")
-    n = spec.default_sizes[split] if limit is None else min(limit, spec.default_sizes[split])
-    return make_shapes(n, size=image_size or spec.default_image_size, seed=seed, split=split)
+    if spec.needs_root:
+        if o.root is None:
+            raise DataError(f"{name} is read from disk: pass --data-root DIR, a folder holding {spec.layout}")
+        if not Path(o.root).is_dir():
+            raise DataError(f"--data-root {o.root} is not a folder; it should hold {spec.layout}")
+        o = DataOptions(**{**o.__dict__, "root": Path(o.root)})
+    native = spec.native_splits(o)
+    readable = native + spec.extra_splits + (() if "val" in native else ("val",))
+    if split not in readable:
+        raise DataError(f"data set {name!r} has no split {split!r}; choose one of {', '.join(readable)}")
+    if split in ("train", "val") and "val" not in native:
+        data = spec.read("train", o, None)
+        held = _held_out(len(data), o.val_fraction)
+        keep = held if split == "val" else ~held
+        data = _take(data, keep.nonzero().squeeze(1))
+    else:
+        data = spec.read(split, o, limit)
+    if limit is not None and limit < len(data):
+        data = _take(data, torch.arange(limit))
+    if len(data) == 0:
+        raise DataError(f"split {split!r} of {name} is empty")
+    return data
+
+
+def _held_out(n: int, fraction: float) -> torch.Tensor:
+    if not 0 < fraction < 1:
+        raise DataError(f"val-fraction must lie strictly between 0 and 1, got {fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    held = torch.zeros(n, dtype=torch.bool)
+    held[order[:max(1, round(n * fraction))]] = True
+    return held
+
+
+def _take(data: ImageSet | FolderIndex, index: torch.Tensor) -> ImageSet | FolderIndex:
+    if isinstance(data, ImageSet):
+        return data.subset(index)
+    keep = index.tolist()
+    return FolderIndex([data.paths[i] for i in keep], [data.labels[i] for i in keep], data.classes, data.size)
+
+
+def make_loader(
+    data: ImageSet | FolderIndex, spec: DataSpec, batch_size: int, train: bool = False, seed: int = 0,
+    channels_last: bool = False, workers: int = 2,
+) -> InMemoryLoader | FolderLoader:
+    """Batches of a loaded split: the in-memory fast path for an ImageSet, worker streaming for files."""
+    if isinstance(data, ImageSet):
+        return InMemoryLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed,
+                              padding=spec.padding, flip=spec.flip, channels_last=channels_last)
+    return FolderLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed,
+                        workers=workers, channels_last=channels_last)

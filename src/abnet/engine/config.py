@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..data.registry import DataOptions
 from ..errors import AbnetError
 from ..models import MASK_MODES
 
@@ -37,7 +38,9 @@ class TrainConfig:
     image_size: int | None = None  # generated data sets only
     limit_train: int | None = None
     limit_val: int | None = None
-    padding: int = 4  # random-crop padding, pixels
+    val_fraction: float = 0.1  # share of the training set held out where the data set has no val split
+    coarse: bool = False  # cifar100: the 20 super-classes instead of the 100 classes
+    workers: int = 2  # DataLoader workers for image folders of large images
     channels_last: bool = True  # faster convolutions on this CPU (benchmarks/train_step.py)
 
     def validate(self) -> TrainConfig:
@@ -47,15 +50,15 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be > 0, got {value}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "padding"):
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers"):
             if getattr(self, name) < 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("limit_train", "limit_val", "image_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.data_root is not None and not Path(self.data_root).is_dir():
-            raise AbnetError(f"--data-root {self.data_root} is not a folder")
+        if not 0 < self.val_fraction < 1:
+            raise AbnetError(f"val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.schedule not in SCHEDULES:
             raise AbnetError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.mask not in MASK_MODES:
@@ -63,6 +66,11 @@ class TrainConfig:
         if self.map_kernel % 2 == 0:
             raise AbnetError(f"map-kernel must be odd (1, 3, 5, ...), got {self.map_kernel}")
         return self
+
+    def data_options(self) -> DataOptions:
+        """How to read the data set these settings name."""
+        return DataOptions(root=Path(self.data_root) if self.data_root else None, image_size=self.image_size,
+                           seed=self.seed, val_fraction=self.val_fraction, coarse=self.coarse)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.folder import FolderLoader
 from ..data.loader import InMemoryLoader
 from ..explain.metrics import pointing_game
 from ..models import ABNOutput, abn_loss
@@ -19,13 +20,14 @@ def model_loss(output: ABNOutput | Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: InMemoryLoader) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[str, Any]:
     """Top-1 accuracy of the perception branch (``accuracy``) and attention branch (``att_accuracy``,
     None for a plain model), mean ``loss`` (the training loss), ``n``, and ``pointing_game`` when the
     data has object masks and the model makes attention maps."""
     was_training = model.training
     model.eval()
     n = correct = att_correct = hits = 0
+    has_masks = False
     loss_sum = 0.0
     is_abn = False
     for batch in loader.epoch():
@@ -38,6 +40,7 @@ def evaluate(model: nn.Module, loader: InMemoryLoader) -> dict[str, Any]:
             correct += (out.logits.argmax(1) == y).sum().item()
             att_correct += (out.att_logits.argmax(1) == y).sum().item()
             if batch.masks is not None:
+                has_masks = True
                 hits += pointing_game(out.attention, batch.masks).sum().item()
         else:
             correct += (out.argmax(1) == y).sum().item()
@@ -50,6 +53,6 @@ def evaluate(model: nn.Module, loader: InMemoryLoader) -> dict[str, Any]:
         "loss": loss_sum / n,
         "n": n,
     }
-    if is_abn and loader.data.masks is not None:
+    if is_abn and has_masks:
         result["pointing_game"] = hits / n
     return result

@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.loader import InMemoryLoader
-from ..data.registry import data_spec, load_dataset
+from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
 from ..errors import AbnetError
 from ..fileio import write_text
 from ..models import create_model, model_info
@@ -40,8 +39,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.model, **kwargs)
 
 
-def prepare_run_dir(out: str | Path, resume: bool) -> Path:
-    """Make the run folder; refuse to write into one that holds a run unless resuming it."""
+def check_run_dir(out: str | Path, resume: bool) -> Path:
+    """The run folder, if it may be used: one that holds files only when resuming it. Writes nothing."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise AbnetError(f"--out {run_dir} is a file, not a folder; choose another --out")
@@ -51,7 +50,6 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     if has_run and not resume:
         raise AbnetError(f"--out {run_dir} already holds files; pass --resume to continue that run "
                          "or choose a new --out (nothing was overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -69,37 +67,42 @@ def train(
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
-    run_dir = prepare_run_dir(cfg.out, resume)
+    run_dir = check_run_dir(cfg.out, resume)
+    state = None
     if resume:
         state = load_state(run_dir / STATE_FILE)
         saved = TrainConfig.from_dict(state["meta"]["train_config"])
         if (saved.model, saved.data) != (cfg.model, cfg.data):
             raise AbnetError(f"cannot resume {run_dir}: it trains {saved.model} on {saved.data}, "
                              f"not {cfg.model} on {cfg.data}")
+    options = cfg.data_options()  # missing or malformed data fails here, before anything is written
+    train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
+    val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
+    run_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to(run_dir / "train.log")
     try:
-        return _fit(cfg, spec, run_dir, state if resume else None, progress, model)
+        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress, model)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
 def _fit(
-    cfg: TrainConfig, spec, run_dir: Path, state: dict | None, progress: bool, model: nn.Module | None
+    cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, state: dict | None, progress: bool,
+    model: nn.Module | None,
 ) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    train_set = load_dataset(cfg.data, "train", cfg.limit_train, cfg.image_size, cfg.seed)
-    val_set = load_dataset(cfg.data, "val", cfg.limit_val, cfg.image_size, cfg.seed)
+    train_set, val_set = data
     model = model or build_model(cfg, train_set.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    loader_args = dict(mean=spec.mean, std=spec.std, channels_last=cfg.channels_last)
-    train_loader = InMemoryLoader(train_set, cfg.batch_size, train=True, seed=cfg.seed, padding=cfg.padding,
-                                  **loader_args)
-    val_loader = InMemoryLoader(val_set, max(cfg.batch_size, 256), **loader_args)
+    train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
+                               channels_last=cfg.channels_last, workers=cfg.workers)
+    val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
     meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
-                      image_size=list(train_set.image_size), data=cfg.data, train_config=asdict(cfg))
+                      image_size=list(train_set.image_size), data=cfg.data, coarse=cfg.coarse,
+                      train_config=asdict(cfg))
 
     start_epoch, best = 0, -1.0
     if state is not None:

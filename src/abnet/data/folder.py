@@ -1,0 +1,195 @@
+"""Image folders: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (ImageNet's layout, or a
+fine-grained set such as cars), or a single folder of class folders split by fraction.
+
+Small images (CIFAR-size, up to :data:`IN_MEMORY_MAX_SIZE` pixels) are decoded once into one uint8
+tensor and take the in-memory fast path. Larger ones stream through DataLoader workers that
+decode and augment each image (:class:`FolderLoader`). Both yield the same :class:`Batch` objects,
+so the training loop does not know which it got.
+
+Odd files are handled, not fatal: grey, RGBA, palette and 16-bit images are converted to 8-bit RGB;
+unreadable or truncated files are skipped, counted and named in one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .base import ImageSet
+from .loader import Batch, normalize
+
+log = logging.getLogger("abnet")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IN_MEMORY_MAX_SIZE = 64
+
+
+@dataclass
+class FolderIndex:
+    """The files of one split: paths, their labels and the class names (sorted folder names)."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    size: int = 224  # images are resized / cropped to size x size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+
+def scan(folder: Path, classes: list[str] | None = None, size: int = 224) -> FolderIndex:
+    """List ``folder/<class>/<image>``; ``classes`` fixes the class order (e.g. from train/ for val/)."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist; expected {folder}/<class name>/<image files>")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"{folder} has no class folders; expected {folder}/<class name>/<image files>")
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{folder} has class folders not in the training set: {', '.join(unknown[:5])}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) \
+            if (folder / name).is_dir() else []
+        if not files and name in found:
+            raise DataError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
+                            "add images or remove the folder")
+        paths += files
+        labels += [label] * len(files)
+    return FolderIndex(paths, labels, classes, size)
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode an image file fully to 8-bit RGB; raises OSError / UnidentifiedImageError if it is unreadable."""
+    with Image.open(path) as img:
+        img.load()  # truncated files fail here, not later in a worker
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits
+            arr = np.asarray(img, dtype=np.uint32)
+            img = Image.fromarray((arr >> 8 if arr.max(initial=0) > 255 else arr).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        return img.convert("RGB")
+
+
+def load_folder_in_memory(index: FolderIndex) -> ImageSet:
+    """Decode every image of ``index``, resized to its ``size``, into one uint8 tensor."""
+    size = index.size
+    images, labels, bad = [], [], []
+    for path, label in zip(index.paths, index.labels):
+        try:
+            img = read_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            bad.append(f"{path.name} ({type(err).__name__})")
+            continue
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        labels.append(label)
+    _warn_skipped(bad, len(index.paths))
+    if not images:
+        raise DataError(f"none of the {len(index.paths)} image files could be read")
+    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), index.classes)
+
+
+def _warn_skipped(bad: list[str], total: int) -> None:
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        log.warning("skipped %d of %d image files that could not be read: %s", len(bad), total, shown)
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Per-sample decode and augmentation in a worker; the random draws are seeded by (seed, epoch, index)."""
+
+    def __init__(self, index: FolderIndex, size: int, train: bool, seed: int):
+        from torchvision.transforms import v2
+
+        self.index, self.train, self.seed = index, train, seed
+        if train:
+            self.transform = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+        else:
+            self.transform = v2.Compose([v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)])
+
+    def __len__(self) -> int:
+        return len(self.index.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        epoch, i = key
+        try:
+            img = pil_to_tensor(read_rgb(self.index.paths[i]))
+        except (OSError, UnidentifiedImageError, ValueError):
+            return torch.empty(0, dtype=torch.uint8), -1  # dropped by the collate function, counted
+        torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+        return self.transform(img), self.index.labels[i]
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """Yields (epoch, index) keys: shuffled by (seed, epoch) for training, in order otherwise."""
+
+    def __init__(self, n: int, train: bool, seed: int):
+        self.n, self.train, self.seed, self.epoch = n, train, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen) if self.train else torch.arange(self.n)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    good = [(x, y) for x, y in samples if y >= 0]
+    if not good:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), len(samples)
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(samples) - len(good)
+
+
+class FolderLoader:
+    """Batches of large images streamed from files by DataLoader workers (pinned memory, persistent
+    workers). Same interface as :class:`~abnet.data.loader.InMemoryLoader`."""
+
+    def __init__(self, index: FolderIndex, batch_size: int, mean, std, train: bool = False,
+                 seed: int = 0, workers: int = 2, channels_last: bool = False):
+        self.index, self.batch_size, self.mean, self.std = index, batch_size, mean, std
+        self.channels_last = channels_last
+        self.order = _EpochOrder(len(index.paths), train, seed)
+        self.loader = torch.utils.data.DataLoader(
+            _FolderDataset(index, index.size, train, seed), batch_size=batch_size, sampler=self.order,
+            num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        self.order.epoch = epoch
+        skipped = 0
+        for images, labels, bad in self.loader:
+            skipped += bad
+            if len(labels):
+                x = normalize(images, self.mean, self.std)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield Batch(x, labels, None)
+        if skipped:
+            log.warning("skipped %d unreadable image files in this pass", skipped)
