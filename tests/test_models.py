@@ -70,20 +70,22 @@ def _logits_with_maps(mask: str):
         zeros = model(x, attention=torch.zeros(2, 1, 16, 16))
         ones = model(x, attention=torch.ones(2, 1, 16, 16))
         own = model(x)
-    return zeros, ones, own
+        random = model(x, attention=torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    return zeros, ones, own, random
 
 
 def test_mask_none_ignores_the_map():
-    zeros, ones, own = _logits_with_maps("none")
+    zeros, ones, own, random = _logits_with_maps("none")
     torch.testing.assert_close(zeros.logits, ones.logits)
     torch.testing.assert_close(zeros.logits, own.logits)
+    torch.testing.assert_close(zeros.logits, random.logits)
 
 
 @pytest.mark.parametrize("mask", ["residual", "multiply"])
 def test_masking_modes_use_the_map(mask):
-    zeros, ones, own = _logits_with_maps(mask)
+    zeros, ones, own, random = _logits_with_maps(mask)
     assert not torch.allclose(zeros.logits, ones.logits, atol=1e-4)
-    assert not torch.allclose(own.logits, ones.logits, atol=1e-4)
+    assert not torch.allclose(own.logits, random.logits, atol=1e-4)
     # The attention branch does not depend on a given map; the output carries the map that was read.
     torch.testing.assert_close(zeros.att_logits, ones.att_logits)
     assert torch.equal(ones.attention, torch.ones(2, 1, 16, 16))
