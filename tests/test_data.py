@@ -58,8 +58,8 @@ def test_crop_flip_matches_pad_and_slice():
     out, _ = random_crop_flip(images, 2, gen)
     # Replay the same draws and build each crop by hand.
     gen = torch.Generator().manual_seed(0)
-    oy = torch.randint(0, 5, (16, 1, 1), generator=gen).flatten()
-    ox = torch.randint(0, 5, (16, 1, 1), generator=gen).flatten()
+    oy = torch.randint(0, 5, (16, 1), generator=gen).flatten()
+    ox = torch.randint(0, 5, (16, 1), generator=gen).flatten()
     flip = torch.rand(16, generator=gen) < 0.5
     padded = F.pad(images, (2, 2, 2, 2))
     for i in range(16):
