@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,13 +107,16 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="folder holding cifar-10-batches-py/")
     parser.add_argument("--loader-images", type=int, default=45_000, help="images per loader measurement")
     parser.add_argument("--epoch-images", type=int, default=2560, help="images per end-to-end epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="loader measurements per path (median)")
     args = parser.parse_args()
 
     data = load_dataset("cifar10", "train", options=DataOptions(root=Path(args.root), val_fraction=0.1))
     fast = make_loader(data.subset(slice(0, args.loader_images)), data_spec("cifar10"), BATCH, train=True,
                        channels_last=True)
-    fast_rate = images_per_s(fast.epoch(0))
-    slow_rate = images_per_s(per_sample_loader(data, min(args.loader_images, 10_000)))
+    # Alternate the two paths, median of --repeats: this VM's speed drifts by tens of percent.
+    rates = [(images_per_s(fast.epoch(r)), images_per_s(per_sample_loader(data, min(args.loader_images, 10_000))))
+             for r in range(args.repeats)]
+    fast_rate, slow_rate = (statistics.median(r[i] for r in rates) for i in (0, 1))
     step = step_rate()
     naive = naive_epoch(data, args.epoch_images)
     ours = abnet_epoch(Path(args.root), args.epoch_images)
