@@ -78,6 +78,21 @@ def image_folder(root, size=40, per_class=6, val=True):
                 img.save(d / f"{i}.{'png' if (i + c) % 2 else 'jpg'}")
 
 
+ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Smiling", "Eyeglasses"]
+
+
+def celeba(root, n=24):
+    (root / "img_align_celeba").mkdir(parents=True)
+    rows, parts = [], []
+    for i in range(1, n + 1):
+        name = f"{i:06d}.jpg"
+        Image.fromarray(RNG.integers(0, 256, (54, 44, 3), dtype=np.uint8)).save(root / "img_align_celeba" / name)
+        rows.append(name + "".join(f" {v:2d}" for v in RNG.choice([-1, 1], len(ATTRS))))
+        parts.append(f"{name} {0 if i <= n // 2 else 1 if i <= 3 * n // 4 else 2}")
+    (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRS)}\n" + "\n".join(rows) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+
 @pytest.fixture
 def root(tmp_path):
     return tmp_path
@@ -212,17 +227,41 @@ def test_empty_class_folder_is_named(root):
         load_dataset("imagefolder", "train", options=DataOptions(root=root, image_size=32))
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion-mnist", "imagefolder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion-mnist", "imagefolder", "celeba"])
 def test_missing_data_set_says_where_files_go(root, name):
     with pytest.raises(DataError, match="pass --data-root"):
         load_dataset(name)
-    if name != "imagefolder":
-        with pytest.raises(DataError, match="expected"):
-            load_dataset(name, "test" if name != "imagefolder" else "val", options=DataOptions(root=root))
+    with pytest.raises(DataError, match="expected"):
+        load_dataset(name, "train" if name == "imagefolder" else "test", options=DataOptions(root=root))
+
+
+def test_celeba_attributes_and_partition(root):
+    celeba(root)
+    o = DataOptions(root=root, image_size=32)
+    train, val, test = (load_dataset("celeba", s, options=o) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (12, 6, 6)
+    assert train.labels.shape == (12, 4) and train.labels.dtype == torch.float32
+    assert set(train.labels.unique().tolist()) <= {0.0, 1.0} and train.classes == ATTRS
+    assert train.images.shape == (12, 3, 32, 32)
+    line = (root / "list_attr_celeba.txt").read_text().splitlines()[2].split()
+    assert train.labels[0].tolist() == [float(v == "1") for v in line[1:]]
+
+
+def test_celeba_rows_that_do_not_match_are_named(root):
+    celeba(root)
+    path = root / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")  # drop the row of 000002.jpg
+    with pytest.raises(DataError, match="no row for 1 image.*000002.jpg"):
+        load_dataset("celeba", options=DataOptions(root=root, image_size=32))
+    lines[5] = lines[5] + " 1"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="list_attr_celeba.txt line 6: expected a file name and 4 values"):
+        load_dataset("celeba", options=DataOptions(root=root, image_size=32))
 
 
 WRITERS = {"cifar10": cifar10, "cifar100": cifar100, "svhn": svhn, "fashion-mnist": fashion_mnist,
-           "imagefolder": image_folder}
+           "imagefolder": image_folder, "celeba": celeba}
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
@@ -231,7 +270,7 @@ def test_every_data_set_trains_and_evaluates_through_the_cli(root, name, capsys)
     data.mkdir()
     WRITERS[name](data)
     out = root / "run"
-    size = ["--image-size", "32"] if name == "imagefolder" else []
+    size = ["--image-size", "32"] if name in ("imagefolder", "celeba") else []
     assert main(["train", "--model", "resnet20_abn", "--data", name, "--data-root", str(data), "--out", str(out),
                  "--epochs", "1", "--batch-size", "16", *size]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 
 EXIT_USAGE = 2
-DATA_NAMES = "shapes, cifar10, cifar100, svhn, fashion-mnist, imagefolder"
+DATA_NAMES = "shapes, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
 
 
 class _Parser(argparse.ArgumentParser):

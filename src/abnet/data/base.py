@@ -10,7 +10,8 @@ from torch import Tensor
 
 @dataclass
 class ImageSet:
-    """Images (N, 3, H, W) uint8, labels (N,) int64, class names, and optional object masks (N, H, W) bool."""
+    """Images (N, 3, H, W) uint8; labels (N,) int64 class indices or (N, T) float 0/1 attributes; class
+    (or attribute) names; optional object masks (N, H, W) bool."""
 
     images: Tensor
     labels: Tensor

@@ -33,10 +33,11 @@ IN_MEMORY_MAX_SIZE = 64
 
 @dataclass
 class FolderIndex:
-    """The files of one split: paths, their labels and the class names (sorted folder names)."""
+    """The files of one split: paths, their labels ((N,) class indices, or (N, T) 0/1 attributes) and the
+    class (or attribute) names."""
 
     paths: list[Path]
-    labels: list[int]
+    labels: torch.Tensor
     classes: list[str]
     size: int = 224  # images are resized / cropped to size x size
 
@@ -72,7 +73,7 @@ def scan(folder: Path, classes: list[str] | None = None, size: int = 224) -> Fol
                             "add images or remove the folder")
         paths += files
         labels += [label] * len(files)
-    return FolderIndex(paths, labels, classes, size)
+    return FolderIndex(paths, torch.tensor(labels, dtype=torch.int64), classes, size)
 
 
 def read_rgb(path: Path) -> Image.Image:
@@ -92,21 +93,30 @@ def read_rgb(path: Path) -> Image.Image:
 def load_folder_in_memory(index: FolderIndex) -> ImageSet:
     """Decode every image of ``index``, resized to its ``size``, into one uint8 tensor."""
     size = index.size
-    images, labels, bad = [], [], []
-    for path, label in zip(index.paths, index.labels):
+    images, kept, bad = [], [], []
+    for i, path in enumerate(index.paths):
         try:
             img = read_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError) as err:
             bad.append(f"{path.name} ({type(err).__name__})")
             continue
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        labels.append(label)
+        images.append(torch.from_numpy(np.asarray(_resize_center(img, size)).copy()).permute(2, 0, 1))
+        kept.append(i)
     _warn_skipped(bad, len(index.paths))
     if not images:
         raise DataError(f"none of the {len(index.paths)} image files could be read")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), index.classes)
+    return ImageSet(torch.stack(images), index.labels[kept], index.classes)
+
+
+def _resize_center(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``, then the centre ``size`` x ``size`` square (no distortion)."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def _warn_skipped(bad: list[str], total: int) -> None:
@@ -130,14 +140,14 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
         from torchvision.transforms.v2.functional import pil_to_tensor
 
         epoch, i = key
         try:
             img = pil_to_tensor(read_rgb(self.index.paths[i]))
         except (OSError, UnidentifiedImageError, ValueError):
-            return torch.empty(0, dtype=torch.uint8), -1  # dropped by the collate function, counted
+            return None, self.index.labels[i]  # dropped by the collate function, counted
         torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
         return self.transform(img), self.index.labels[i]
 
@@ -157,11 +167,11 @@ class _EpochOrder(torch.utils.data.Sampler):
         return iter([(self.epoch, int(i)) for i in order])
 
 
-def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    good = [(x, y) for x, y in samples if y >= 0]
+def _collate(samples: list[tuple[torch.Tensor | None, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    good = [(x, y) for x, y in samples if x is not None]
     if not good:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), len(samples)
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), len(samples) - len(good)
+    return torch.stack([x for x, _ in good]), torch.stack([y for _, y in good]), len(samples) - len(good)
 
 
 class FolderLoader:

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DataError
 from .base import ImageSet
+from .celeba import load_celeba
 from .cifar import load_cifar
 from .folder import IN_MEMORY_MAX_SIZE, FolderIndex, FolderLoader, load_folder_in_memory, scan
 from .loader import InMemoryLoader
@@ -83,6 +84,13 @@ def _read_folder(split: str, o: DataOptions, limit: int | None) -> ImageSet | Fo
     return load_folder_in_memory(index) if size <= IN_MEMORY_MAX_SIZE else index
 
 
+def _read_celeba(split: str, o: DataOptions, limit: int | None) -> ImageSet | FolderIndex:
+    index = load_celeba(o.root, split, o.image_size or 224)
+    if limit is not None and limit < len(index):  # decode only what is used
+        index = _take(index, torch.arange(limit))
+    return load_folder_in_memory(index) if index.size <= IN_MEMORY_MAX_SIZE else index
+
+
 def _folder_splits(root: Path) -> tuple[str, ...]:
     """train/ (or the root itself) and whichever of val/ and test/ exist."""
     return ("train", *(s for s in ("val", "test") if (root / s).is_dir() and (root / "train").is_dir()))
@@ -106,9 +114,9 @@ DATASETS = {spec.name: spec for spec in (
     DataSpec("imagefolder", _read_folder, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
              find_splits=_folder_splits,
              layout="train/<class>/<images> and optionally val/<class>/<images> (or just <class>/<images>)"),
+    DataSpec("celeba", _read_celeba, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             layout="img_align_celeba/, list_attr_celeba.txt and list_eval_partition.txt"),
 )}
-# The design promises it; this version cannot read it yet.
-PLANNED = ("celeba",)
 
 
 def data_spec(name: str) -> DataSpec:
@@ -116,9 +124,7 @@ def data_spec(name: str) -> DataSpec:
     if name in DATASETS:
         return DATASETS[name]
     available = ", ".join(DATASETS)
-    if name in PLANNED:
-        raise DataError(f"data set {name!r} is not supported by this version of abnet yet; available: {available}")
-    close = difflib.get_close_matches(name, list(DATASETS) + list(PLANNED), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise DataError(f"unknown data set {name!r}{hint}; available: {available}")
 
@@ -171,8 +177,7 @@ def _held_out(n: int, fraction: float) -> torch.Tensor:
 def _take(data: ImageSet | FolderIndex, index: torch.Tensor) -> ImageSet | FolderIndex:
     if isinstance(data, ImageSet):
         return data.subset(index)
-    keep = index.tolist()
-    return FolderIndex([data.paths[i] for i in keep], [data.labels[i] for i in keep], data.classes, data.size)
+    return FolderIndex([data.paths[i] for i in index.tolist()], data.labels[index], data.classes, data.size)
 
 
 def make_loader(

@@ -5,28 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.folder import FolderLoader
 from ..data.loader import InMemoryLoader
 from ..explain.metrics import pointing_game
-from ..models import ABNOutput, abn_loss
+from ..models import ABNOutput, abn_loss, classification_loss
 
 
 def model_loss(output: ABNOutput | Tensor, target: Tensor) -> Tensor:
-    """ABN loss (both branches' cross-entropy) for an ABN, plain cross-entropy for a baseline."""
-    return abn_loss(output, target) if isinstance(output, ABNOutput) else F.cross_entropy(output, target)
+    """ABN loss (both branches) for an ABN, the plain classification loss for a baseline."""
+    return abn_loss(output, target) if isinstance(output, ABNOutput) else classification_loss(output, target)
+
+
+def correct(logits: Tensor, target: Tensor) -> float:
+    """Correct predictions in a batch: top-1 hits, or for 0/1 attributes the mean share right per image."""
+    if target.is_floating_point():
+        return ((logits > 0) == (target > 0.5)).float().mean(1).sum().item()
+    return (logits.argmax(1) == target).sum().item()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[str, Any]:
     """Top-1 accuracy of the perception branch (``accuracy``) and attention branch (``att_accuracy``,
-    None for a plain model), mean ``loss`` (the training loss), ``n``, and ``pointing_game`` when the
-    data has object masks and the model makes attention maps."""
+    None for a plain model; for 0/1 attributes, the mean accuracy over attributes), mean ``loss`` (the
+    training loss), ``n``, and ``pointing_game`` when the data has object masks and the model makes
+    attention maps."""
     was_training = model.training
     model.eval()
-    n = correct = att_correct = hits = 0
+    n = hits_per = att_hits = hits = 0
     has_masks = False
     loss_sum = 0.0
     is_abn = False
@@ -37,19 +44,19 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
         n += len(y)
         if isinstance(out, ABNOutput):
             is_abn = True
-            correct += (out.logits.argmax(1) == y).sum().item()
-            att_correct += (out.att_logits.argmax(1) == y).sum().item()
+            hits_per += correct(out.logits, y)
+            att_hits += correct(out.att_logits, y)
             if batch.masks is not None:
                 has_masks = True
                 hits += pointing_game(out.attention, batch.masks).sum().item()
         else:
-            correct += (out.argmax(1) == y).sum().item()
+            hits_per += correct(out, y)
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluate() got an empty data set")
     result: dict[str, Any] = {
-        "accuracy": correct / n,
-        "att_accuracy": att_correct / n if is_abn else None,
+        "accuracy": hits_per / n,
+        "att_accuracy": att_hits / n if is_abn else None,
         "loss": loss_sum / n,
         "n": n,
     }

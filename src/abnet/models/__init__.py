@@ -1,10 +1,21 @@
 """Models: the ABN core, the registry and the backbone families (importing a family registers it)."""
 
 from . import cifar_resnet  # noqa: F401  (registers resnet20 ... resnet110 and their _abn variants)
-from .abn import ABN, MASK_MODES, ABNOutput, AttentionBranch, BackboneSplit, Classifier, abn_loss, apply_mask
+from .abn import (
+    ABN,
+    MASK_MODES,
+    ABNOutput,
+    AttentionBranch,
+    BackboneSplit,
+    Classifier,
+    abn_loss,
+    apply_mask,
+    classification_loss,
+)
 from .registry import UnknownModelError, create_model, list_models, model_info, register_pair
 
 __all__ = [
     "ABN", "MASK_MODES", "ABNOutput", "AttentionBranch", "BackboneSplit", "Classifier", "abn_loss", "apply_mask",
+    "classification_loss",
     "UnknownModelError", "create_model", "list_models", "model_info", "register_pair",
 ]

@@ -163,6 +163,17 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+def classification_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T)."""
+    if target.is_floating_point():
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target)
+
+
 def abn_loss(output: ABNOutput, target: Tensor, att_weight: float = 1.0) -> Tensor:
-    """ABN's training loss: CE(attention logits) * att_weight + CE(perception logits)."""
-    return att_weight * F.cross_entropy(output.att_logits, target) + F.cross_entropy(output.logits, target)
+    """ABN's training loss: the attention branch's loss * att_weight + the perception branch's.
+
+    Cross-entropy for class indices; for multi-label 0/1 targets (N, T), e.g. CelebA's attributes,
+    binary cross-entropy per attribute.
+    """
+    return att_weight * classification_loss(output.att_logits, target) + classification_loss(output.logits, target)
