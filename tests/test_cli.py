@@ -193,3 +193,14 @@ def test_demo_default_folder_never_overwrites(tmp_path, monkeypatch):
     assert str(default_out_dir()) == "abnet-demo"  # empty folder is fine
     (tmp_path / "abnet-demo" / "x").write_text("keep")
     assert str(default_out_dir()) == "abnet-demo-2"
+
+
+def test_resume_of_a_finished_run_trains_nothing(trained, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "done"
+    shutil.copytree(trained, copy)
+    weights = (copy / "last.pt").read_bytes()
+    code, out, err = run_cli(capsys, "train", "--out", str(copy), "--resume")
+    assert code == 0 and json.loads(out)["epoch"] == 1 and "already trained all 1 epochs" in err
+    assert (copy / "last.pt").read_bytes() == weights

@@ -116,10 +116,11 @@ def _fit(
         log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs",
                  cfg.model, f"{sum(p.numel() for p in model.parameters()):,}", cfg.data, len(train_set),
                  len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs)
-    _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch)
+    metrics = _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch)
+    if start_epoch >= cfg.epochs:
+        log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
 
     steps_per_epoch = len(train_loader)
-    metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -131,15 +132,16 @@ def _fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = model_loss(model(batch.images), batch.labels)
-            if not math.isfinite(loss.item()):
-                raise AbnetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; lower --lr "
+            value = loss.item()
+            if not math.isfinite(value):
+                raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
                                  f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good epoch")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(batch.labels)
+            loss_sum += value * len(batch.labels)
             seen += len(batch.labels)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
         seconds = time.perf_counter() - t0
         val = evaluate(model, val_loader)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
@@ -161,12 +163,13 @@ def _fit(
     return metrics
 
 
-def _keep_metrics_before(path: Path, epoch: int) -> None:
-    """On resume, drop metric lines of epochs that will be trained again."""
+def _keep_metrics_before(path: Path, epoch: int) -> dict[str, Any]:
+    """On resume, drop metric lines of epochs that will be trained again; returns the last kept line."""
     if not path.exists():
-        return
+        return {}
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch]
     write_text(path, "".join(ln + "\n" for ln in lines))
+    return json.loads(lines[-1]) if lines else {}
 
 
 def _log_to(path: Path) -> logging.Handler:
