@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from abnet.data import make_shapes
-from abnet.data.loader import InMemoryLoader, random_crop_flip
+from abnet.data.loader import InMemoryLoader, cutout, random_crop_flip
 from abnet.data.registry import load_dataset
 from abnet.errors import DataError
 
@@ -103,3 +103,23 @@ def test_registry_errors_name_the_problem():
     with pytest.raises(DataError, match="no split"):
         load_dataset("shapes", "extra")
     assert len(load_dataset("shapes", "val", limit=10)) == 10
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(64, 3, 32, 32)
+    cutout(x, 8, torch.Generator().manual_seed(0))
+    zeroed = (x == 0).all(1)  # (N, H, W): all channels cut together
+    areas = zeroed.flatten(1).sum(1)
+    assert areas.max() == 64 and areas.min() > 0  # a full 8x8 square, or a part of it at the border
+    for img in zeroed:
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        assert img[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one solid rectangle
+    assert ((x == 0) | (x == 1)).all()
+
+
+def test_loader_applies_cutout_only_when_training(shapes):
+    train = InMemoryLoader(shapes, 32, (0.5,) * 3, (0.25,) * 3, train=True, padding=0, flip=False, cutout_size=10)
+    evaluation = InMemoryLoader(shapes, 32, (0.5,) * 3, (0.25,) * 3, cutout_size=10)
+    assert ((next(iter(train.epoch())).images == 0).all(1).flatten(1).sum(1) > 0).all()
+    torch.testing.assert_close(next(iter(evaluation.epoch())).images, InMemoryLoader(
+        shapes, 32, (0.5,) * 3, (0.25,) * 3).epoch().__next__().images)

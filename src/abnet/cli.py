@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the training set held out for validation where there is no val split (0.1)")
     p.add_argument("--coarse", action="store_const", const=True, help="cifar100: the 20 coarse classes")
     p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
+    p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep tensors channels-first (channels_last is faster on CPUs)")
     p.set_defaults(func=cmd_train)

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .base import ImageSet
-from .loader import Batch, normalize
+from .loader import Batch, cutout, normalize
 
 log = logging.getLogger("abnet")
 
@@ -179,9 +179,9 @@ class FolderLoader:
     workers). Same interface as :class:`~abnet.data.loader.InMemoryLoader`."""
 
     def __init__(self, index: FolderIndex, batch_size: int, mean, std, train: bool = False,
-                 seed: int = 0, workers: int = 2, channels_last: bool = False):
+                 seed: int = 0, workers: int = 2, cutout_size: int = 0, channels_last: bool = False):
         self.index, self.batch_size, self.mean, self.std = index, batch_size, mean, std
-        self.channels_last = channels_last
+        self.cutout_size, self.channels_last = cutout_size if train else 0, channels_last
         self.order = _EpochOrder(len(index.paths), train, seed)
         self.loader = torch.utils.data.DataLoader(
             _FolderDataset(index, index.size, train, seed), batch_size=batch_size, sampler=self.order,
@@ -193,11 +193,14 @@ class FolderLoader:
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         self.order.epoch = epoch
+        gen = torch.Generator().manual_seed(self.order.seed * 100_003 + epoch)  # for cutout
         skipped = 0
         for images, labels, bad in self.loader:
             skipped += bad
             if len(labels):
                 x = normalize(images, self.mean, self.std)
+                if self.cutout_size > 0:
+                    cutout(x, self.cutout_size, gen)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 yield Batch(x, labels, None)

@@ -45,6 +45,17 @@ def random_crop_flip(
     return crop(images), None if masks is None else crop(masks.unsqueeze(1)).squeeze(1)
 
 
+def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017): zero one ``size`` x ``size`` square per image, at a random centre
+    (the square may reach past the border). In place on a normalised batch, so zero is the mean colour."""
+    n, _, h, w = images.shape
+    top = torch.randint(0, h, (n, 1, 1), generator=generator) - size // 2
+    left = torch.randint(0, w, (n, 1, 1), generator=generator) - size // 2
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    square = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
+    return images.masked_fill_(square.unsqueeze(1), 0.0)
+
+
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (N, C, H, W) -> float32, (x / 255 - mean) / std per channel, as one scale and shift in place."""
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -73,13 +84,14 @@ class InMemoryLoader:
         seed: int = 0,
         padding: int = 4,
         flip: bool = True,
+        cutout_size: int = 0,
         channels_last: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.mean, self.std = data, batch_size, mean, std
         self.train, self.seed, self.padding, self.flip = train, seed, padding, flip
-        self.channels_last = channels_last
+        self.cutout_size, self.channels_last = cutout_size, channels_last
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
@@ -96,6 +108,8 @@ class InMemoryLoader:
             if self.train:
                 images, masks = random_crop_flip(images, self.padding, gen, masks, self.flip)
             x = normalize(images, self.mean, self.std)
+            if self.train and self.cutout_size > 0:
+                cutout(x, self.cutout_size, gen)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self.data.labels[idx], masks)

@@ -41,6 +41,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the training set held out where the data set has no val split
     coarse: bool = False  # cifar100: the 20 super-classes instead of the 100 classes
     workers: int = 2  # DataLoader workers for image folders of large images
+    cutout: int = 0  # side of the Cutout square in pixels (0: off)
     channels_last: bool = True  # faster convolutions on this CPU (benchmarks/train_step.py)
 
     def validate(self) -> TrainConfig:
@@ -50,7 +51,7 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be > 0, got {value}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers"):
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout"):
             if getattr(self, name) < 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("limit_train", "limit_val", "image_size"):

@@ -98,7 +98,7 @@ def _fit(
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
-                               channels_last=cfg.channels_last, workers=cfg.workers)
+                               channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout)
     val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
     meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
                       image_size=list(train_set.image_size), data=cfg.data, coarse=cfg.coarse,
