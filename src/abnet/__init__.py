@@ -15,11 +15,12 @@ from .models import (
     create_model,
     list_models,
     register_pair,
+    wrap,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ABN", "MASK_MODES", "ABNOutput", "BackboneSplit", "Classifier", "UnknownModelError",
-    "abn_loss", "create_model", "list_models", "register_pair", "__version__",
+    "abn_loss", "create_model", "list_models", "register_pair", "wrap", "__version__",
 ]

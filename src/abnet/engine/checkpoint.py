@@ -111,6 +111,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def _build(meta: dict[str, Any], path: Path) -> nn.Module:
     config = dict(meta.get("model_config") or {})
     name = config.pop("model", None)
+    for key in ("pretrained", "weights"):  # the checkpoint holds the weights; never fetch initial ones again
+        config.pop(key, None)
     if not isinstance(name, str):
         raise CheckpointError(f"{path} does not name its model in its metadata")
     try:

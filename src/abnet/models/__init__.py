@@ -12,10 +12,12 @@ from .abn import (
     apply_mask,
     classification_loss,
 )
-from .registry import UnknownModelError, create_model, list_models, model_info, register_pair
+from .registry import UnknownModelError, create_model, list_models, model_info, register_pair, register_prefix
+from .wrap import split_backbone, stages_of, wrap  # registers the "tv:" prefix
 
 __all__ = [
     "ABN", "MASK_MODES", "ABNOutput", "AttentionBranch", "BackboneSplit", "Classifier", "abn_loss", "apply_mask",
     "classification_loss",
-    "UnknownModelError", "create_model", "list_models", "model_info", "register_pair",
+    "UnknownModelError", "create_model", "list_models", "model_info", "register_pair", "register_prefix",
+    "split_backbone", "stages_of", "wrap",
 ]

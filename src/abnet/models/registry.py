@@ -36,6 +36,7 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_PREFIXES: dict[str, Callable[[str], ModelInfo | None]] = {}
 
 
 def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int] = (3, 32, 32)) -> None:
@@ -57,6 +58,12 @@ def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int]
         _REGISTRY[key] = ModelInfo(key, builder, is_abn, input_size)
 
 
+def register_prefix(prefix: str, resolve: Callable[[str], ModelInfo | None]) -> None:
+    """Names starting with ``prefix`` (e.g. ``"tv:"``) are resolved on demand by ``resolve(name)``, which
+    returns a :class:`ModelInfo` or None for a name it does not know. Such names are not listed."""
+    _PREFIXES[prefix] = resolve
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, e.g. ``"*abn*"``."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
@@ -64,12 +71,18 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     """The registry entry of ``name``; an :class:`UnknownModelError` naming close matches if absent."""
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `abnet models` or abnet.list_models()"
-        raise UnknownModelError(f"unknown model {name!r}; {hint}") from None
+    for prefix, resolve in _PREFIXES.items():
+        if name.startswith(prefix):
+            info = resolve(name)
+            if info is not None:
+                return info
+            raise UnknownModelError(f"unknown model {name!r}: after {prefix!r} give a torchvision classification "
+                                    f"model name, optionally with _abn (e.g. {prefix}resnet50_abn)")
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `abnet models` or abnet.list_models()"
+    raise UnknownModelError(f"unknown model {name!r}; {hint}")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
