@@ -25,18 +25,25 @@ def test_parameter_counts_match_research_code(name, expected):
 
 @pytest.mark.parametrize("name", abnet.list_models())
 def test_every_model_output_shapes_and_ranges(name):
+    """At its default input size (32x32 or 224x224), batch 1 for the big ones."""
     torch.manual_seed(0)
     model = abnet.create_model(name, num_classes=7).eval()
+    c, h, w = abnet.models.model_info(name).input_size
+    n = 2 if h <= 64 else 1
+    x = torch.randn(n, c, h, w)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
+        out = model(x)
+        g = model.features(x)
     if name.endswith("_abn"):
         assert isinstance(out, ABNOutput)
-        assert out.logits.shape == (2, 7) and out.att_logits.shape == (2, 7)
-        assert out.attention.shape == (2, 1, 16, 16)  # the attention branch's feature map size
+        assert out.logits.shape == (n, 7) and out.att_logits.shape == (n, 7)
+        assert out.attention.shape == (n, 1, *g.shape[2:])  # the size of the feature map g(x)
+        assert out.attention.shape[2:] == ((16, 16) if h == 32 and "densenet" not in name else
+                                           (8, 8) if h == 32 else (14, 14))
         assert out.attention.min() >= 0 and out.attention.max() <= 1
         assert torch.isfinite(out.logits).all() and torch.isfinite(out.att_logits).all()
     else:
-        assert out.shape == (2, 7) and torch.isfinite(out).all()
+        assert out.shape == (n, 7) and torch.isfinite(out).all()
 
 
 def test_abn_exposes_three_parts_and_plain_model_has_none():
@@ -153,7 +160,9 @@ def test_unknown_model_suggests_close_names():
 
 
 def test_list_models_filters_by_pattern():
-    assert abnet.list_models("*abn") == [f"resnet{d}_abn" for d in (110, 20, 32, 44, 56)]
+    assert abnet.list_models("resnet??_abn") == [f"resnet{d}_abn" for d in (18, 20, 32, 34, 44, 50, 56)]
+    abn = abnet.list_models("*abn")
+    assert all(n.endswith("_abn") for n in abn) and len(abn) * 2 == len(abnet.list_models())
     assert "resnet56" in abnet.list_models() and abnet.list_models("nothing*") == []
 
 

@@ -1,6 +1,7 @@
 """Models: the ABN core, the registry and the backbone families (importing a family registers it)."""
 
-from . import cifar_resnet  # noqa: F401  (registers resnet20 ... resnet110 and their _abn variants)
+# Importing a family registers its plain and _abn models.
+from . import cifar_resnet, densenet, imagenet_resnet, resnext, se_resnet, vgg, wide_resnet  # noqa: F401
 from .abn import (
     ABN,
     MASK_MODES,
