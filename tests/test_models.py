@@ -176,3 +176,20 @@ def test_blocks_follow_the_research_code():
     assert block_types(abnet.create_model("resnet44")) == {Bottleneck}
     n = sum(isinstance(m, (BasicBlock, Bottleneck)) for m in abnet.create_model("resnet110").modules())
     assert n == 3 * 18
+
+
+@pytest.mark.parametrize("name", abnet.list_models("*_abn"))
+def test_every_abn_model_trains_every_parameter_and_reads_a_given_map(name):
+    """Small inputs (32x32, or 64x64 for the ImageNet-size models) keep the backward passes cheap."""
+    torch.manual_seed(0)
+    model = abnet.create_model(name, num_classes=3)
+    size = 32 if abnet.models.model_info(name).input_size[1] <= 64 else 64
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    abnet.abn_loss(out, torch.tensor([0, 2])).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    model.eval()
+    with torch.no_grad():
+        ones = model(x, attention=torch.ones_like(out.attention))
+        zeros = model(x, attention=torch.zeros_like(out.attention))
+    assert not torch.allclose(ones.logits, zeros.logits)

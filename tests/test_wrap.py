@@ -32,6 +32,8 @@ def test_zero_map_in_residual_mode_gives_the_backbone_output(name):
         zero = model(x, attention=torch.zeros_like(out.attention))
         assert torch.equal(zero.logits, backbone(x))
     assert out.attention.min() >= 0 and out.attention.max() <= 1 and out.att_logits.shape == (2, 1000)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.features) + count(model.perception) == count(backbone)  # nothing held twice or lost
 
 
 def test_weights_are_kept_and_the_attention_stage_is_a_separate_copy():
@@ -68,7 +70,7 @@ def test_tv_names_build_plain_and_abn_models():
         assert plain(torch.randn(1, 3, 64, 64)).shape == (1, 5)
         assert abn(torch.randn(1, 3, 64, 64)).logits.shape == (1, 5)
     assert abn.mask == "multiply" and abnet.models.model_info("tv:resnet18_abn").is_abn
-    with pytest.raises(UnknownModelError, match="torchvision classification model"):
+    with pytest.raises(UnknownModelError, match="after .tv:. give a classification model"):
         abnet.create_model("tv:nosuchnet_abn")
 
 
@@ -103,3 +105,46 @@ def test_a_wrapped_model_trains_and_its_checkpoint_rebuilds(tmp_path):
     train(cfg, progress=False)
     model, meta = load_checkpoint(tmp_path / "run")
     assert meta["model_config"]["model"] == "tv:resnet18_abn" and isinstance(model, abnet.ABN)
+
+
+# timm is an optional extra: these run where it is installed (the test extra and CI install it).
+timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'abnet[timm]')")
+TIMM_SUPPORTED = ["resnet18", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_100", "regnety_002",
+                  "cspresnet50", "ese_vovnet19b_dw", "repvgg_a0", "fastvit_t8"]
+
+
+@pytest.mark.parametrize("name", TIMM_SUPPORTED)
+def test_timm_zero_map_gives_the_backbone_output(name):
+    torch.manual_seed(0)
+    backbone = timm.create_model(name, pretrained=False).eval()
+    model = abnet.wrap(backbone, num_classes=1000).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(model(x, attention=torch.zeros_like(out.attention)).logits, backbone(x))
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(model.features) + count(model.perception) == count(backbone)  # nothing held twice or lost
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "levit_128s"])
+def test_timm_models_without_a_plain_stage_sequence_are_refused(name):
+    with pytest.raises(AbnetError, match="cannot wrap"):
+        abnet.wrap(timm.create_model(name, pretrained=False), num_classes=10)
+
+
+def test_timm_names_and_local_weights(tmp_path, monkeypatch):
+    model = abnet.create_model("timm:resnet18_abn", num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(AbnetError, match="not in the local cache"):
+        abnet.create_model("timm:resnet18_abn", pretrained=True)
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    snapshot = tmp_path / f"models--{hub_id.replace('/', '--')}" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    reference = timm.create_model("resnet18", pretrained=False)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
+    loaded = abnet.create_model("timm:resnet18_abn", pretrained=True)
+    assert torch.equal(loaded.features[0].weight, reference.conv1.weight)

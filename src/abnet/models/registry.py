@@ -78,8 +78,8 @@ def model_info(name: str) -> ModelInfo:
             info = resolve(name)
             if info is not None:
                 return info
-            raise UnknownModelError(f"unknown model {name!r}: after {prefix!r} give a torchvision classification "
-                                    f"model name, optionally with _abn (e.g. {prefix}resnet50_abn)")
+            raise UnknownModelError(f"unknown model {name!r}: after {prefix!r} give a classification model that "
+                                    f"library knows, optionally with _abn (e.g. {prefix}resnet50_abn)")
     close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "see `abnet models` or abnet.list_models()"
     raise UnknownModelError(f"unknown model {name!r}; {hint}")

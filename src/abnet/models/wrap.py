@@ -1,4 +1,5 @@
-"""ABN around a torchvision CNN: ``abnet.wrap(backbone, num_classes)`` or ``create_model("tv:resnet50_abn")``.
+"""ABN around a torchvision or timm CNN: ``abnet.wrap(backbone, num_classes)``, or by name
+``create_model("tv:resnet50_abn")`` / ``create_model("timm:convnext_atto_abn")``.
 
 The mechanism needs only a CNN that is a sequence of stages: torchvision's ResNet, ResNeXt and
 Wide-ResNet (``conv1 ... layer4``), RegNet (``stem`` + ``trunk_output``), and the ``features``
@@ -10,12 +11,19 @@ stride 1 with "same" padding, down-sampling pools become identities. (For a flat
 sequence that ends in a pool, the trunk is the last conv block and its pool.) Anything else is
 refused with a message naming the module.
 
+A timm model is cut the same way along its ``forward_features``, opened up into its children (and
+its ``stages`` / ``blocks`` sequences); the cut is used only if running those children in order
+gives exactly ``forward_features``' output, and the perception branch ends with timm's own
+``forward_head``. Either way the perception branch reproduces the backbone's output exactly when
+the map is all zeros in ``residual`` mode.
+
 Pretrained weights come from the local torch hub cache or a file, never the network.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +35,13 @@ from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
 from .registry import ModelInfo, register_prefix
 
-PREFIX = "tv:"
-
 
 def stages_of(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's forward path up to its last feature map, as a list of stage modules."""
     children = dict(backbone.named_children())
     if all(f"layer{i}" in children for i in range(1, 5)):  # torchvision ResNet / ResNeXt / Wide-ResNet
-        stem = [children[k] for k in ("conv1", "bn1", "relu", "maxpool") if k in children]
+        names = list(children)
+        stem = [children[k] for k in names[:names.index("layer1")]]
         return [nn.Sequential(*stem), *(children[f"layer{i}"] for i in range(1, 5))]
     if "stem" in children and "trunk_output" in children:  # RegNet
         return [children["stem"], *children["trunk_output"].children()]
@@ -133,16 +140,64 @@ def _resized(classifier: nn.Module, num_classes: int, family: str) -> nn.Module:
     return classifier
 
 
+class TimmTail(nn.Module):
+    """The perception branch of a wrapped timm model: the trunk, then timm's own ``forward_head`` on a
+    copy of the model from which the feature stages were removed (so no weight is held twice)."""
+
+    def __init__(self, trunk: nn.Module, backbone: nn.Module, used: list[str], num_classes: int):
+        super().__init__()
+        self.trunk = trunk
+        head = copy.deepcopy(backbone)
+        for name in used:
+            setattr(head, name, nn.Identity())
+        if head.num_classes != num_classes:
+            head.reset_classifier(num_classes)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head.forward_head(self.trunk(x))
+
+
+def is_timm_model(backbone: nn.Module) -> bool:
+    return type(backbone).__module__.startswith("timm.") and hasattr(backbone, "forward_head")
+
+
+def timm_stages(backbone: nn.Module, probe: Tensor) -> tuple[list[nn.Module], list[str]]:
+    """A timm model's ``forward_features`` as a list of stages (its ``stages`` / ``blocks`` / ``features``
+    sequences opened up), checked against ``forward_features`` itself; and the names of the children used."""
+    with torch.no_grad():
+        target = backbone.forward_features(probe)
+        x, stages, used = probe, [], []
+        for name, child in backbone.named_children():
+            opened = name in ("stages", "blocks", "features") and isinstance(child, nn.Sequential)
+            for part in child.children() if opened else [child]:
+                try:
+                    x = part(x)
+                except Exception as err:  # a child that needs more than the previous child's output
+                    raise AbnetError(f"cannot wrap {type(backbone).__name__}: its child {name} cannot run on the "
+                                     f"output of the children before it ({type(err).__name__})") from None
+                stages.append(part)
+            used.append(name)
+            if x.shape == target.shape and torch.equal(x, target):
+                return stages, used
+    raise AbnetError(f"cannot wrap {type(backbone).__name__}: its forward_features is not a plain sequence of its "
+                     "children, which abnet.wrap needs")
+
+
 def split_backbone(backbone: nn.Module, num_classes: int, attention: bool = True,
                    probe_size: int = 224) -> BackboneSplit:
     """The ABN cut of a stage-structured CNN (see the module docstring); the perception branch ends in
     the backbone's own classifier, resized to ``num_classes``."""
-    stages = stages_of(backbone)
     was_training = backbone.training
+    backbone.eval()
+    if is_timm_model(backbone):
+        stages, used = timm_stages(backbone, torch.randn(1, 3, probe_size, probe_size))
+    else:
+        stages, used = stages_of(backbone), []
     backbone.eval()
     sizes, channels = [], []
     with torch.no_grad():
-        x = torch.zeros(1, 3, probe_size, probe_size)
+        x = torch.randn(1, 3, probe_size, probe_size)
         for stage in stages:
             x = stage(x)
             if x.dim() != 4:
@@ -151,6 +206,9 @@ def split_backbone(backbone: nn.Module, num_classes: int, attention: bool = True
             sizes.append(x.shape[-1])
             channels.append(x.shape[1])
     backbone.train(was_training)
+    if x.shape[-1] < 2:
+        raise AbnetError(f"cannot wrap {type(backbone).__name__}: its last feature map is {x.shape[-1]}x{x.shape[-1]}"
+                         f" for a {probe_size}x{probe_size} input")
     shrinks = [i for i in range(1, len(stages)) if sizes[i] < sizes[i - 1]]
     if not shrinks:
         raise AbnetError(f"cannot wrap {type(backbone).__name__}: no stage after the first down-samples")
@@ -160,11 +218,12 @@ def split_backbone(backbone: nn.Module, num_classes: int, attention: bool = True
     trunk = nn.Sequential(*stages[cut:])
     att_stage = _remove_downsampling(trunk, f"the last stage of {type(backbone).__name__}") if attention else None
     features = nn.Sequential(*stages[:cut])
-    return BackboneSplit(features, BackboneTail(trunk, backbone, num_classes), att_stage, channels[-1])
+    tail = TimmTail(trunk, backbone, used, num_classes) if used else BackboneTail(trunk, backbone, num_classes)
+    return BackboneSplit(features, tail, att_stage, channels[-1])
 
 
 def wrap(backbone: nn.Module, num_classes: int, mask: str = "residual", map_kernel: int = 3) -> ABN:
-    """An ABN made from a torchvision CNN, keeping its (pretrained) weights in the feature extractor and
+    """An ABN made from a torchvision or timm CNN, keeping its (pretrained) weights in the feature extractor and
     the perception branch; the attention branch starts from a copy of the stage it repeats."""
     return ABN(split_backbone(backbone, num_classes), num_classes, mask=mask, map_kernel=map_kernel)
 
@@ -201,18 +260,48 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def _torchvision_builder(arch: str, is_abn: bool):
+def local_timm_state(arch: str) -> dict[str, torch.Tensor]:
+    """The default pretrained weights of timm model ``arch`` from the local Hugging Face cache only."""
+    import timm
+
+    hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id if timm.models.get_pretrained_cfg(arch) else None
+    if not hub_id:
+        raise AbnetError(f"timm has no pretrained weights on the Hugging Face hub for {arch!r}; pass weights=FILE")
+    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
+                                                                       "huggingface")) / "hub")
+    folder = cache / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+    files = sorted(folder.glob("*/model.safetensors")) + sorted(folder.glob("*/pytorch_model.bin"))
+    if not files:
+        raise AbnetError(f"pretrained weights for timm {arch} are not in the local cache: expected "
+                         f"{folder}/<revision>/model.safetensors (abnet never downloads)")
+    return load_state_dict_file(files[0])
+
+
+def _make_torchvision(arch: str, **kwargs: Any) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def _make_timm(arch: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def _builder(source: str, arch: str, is_abn: bool):
+    make, pretrained_state = {"torchvision": (_make_torchvision, local_pretrained_state),
+                              "timm": (_make_timm, local_timm_state)}[source]
+
     def build(num_classes: int = 1000, pretrained: bool = False, weights: str | None = None,
               mask: str = "residual", map_kernel: int = 3, **kwargs: Any) -> nn.Module:
-        import torchvision
-
-        backbone = torchvision.models.get_model(arch, weights=None, **kwargs)
+        backbone = make(arch, **kwargs)
         if pretrained or weights:
-            state = load_state_dict_file(weights) if weights else local_pretrained_state(arch)
+            state = load_state_dict_file(weights) if weights else pretrained_state(arch)
             try:
                 backbone.load_state_dict(state)
             except RuntimeError as err:
-                raise AbnetError(f"weights do not fit torchvision {arch}: {str(err).splitlines()[1:2]}") from None
+                raise AbnetError(f"weights do not fit {source} {arch}: {str(err).splitlines()[1:2]}") from None
         split = split_backbone(backbone, num_classes, attention=is_abn)
         if is_abn:
             return ABN(split, num_classes, mask=mask, map_kernel=map_kernel)
@@ -223,16 +312,28 @@ def _torchvision_builder(arch: str, is_abn: bool):
     return build
 
 
-def _resolve(name: str) -> ModelInfo | None:
+def _resolve_torchvision(name: str) -> ModelInfo | None:
     """``tv:<torchvision classification model>[_abn]``, e.g. ``tv:resnet50_abn``."""
     import torchvision
 
-    arch = name[len(PREFIX):]
-    is_abn = arch.endswith("_abn")
-    arch = arch.removesuffix("_abn")
+    arch = name.removeprefix("tv:").removesuffix("_abn")
     if arch not in torchvision.models.list_models(module=torchvision.models):
         return None
-    return ModelInfo(name, _torchvision_builder(arch, is_abn), is_abn, (3, 224, 224))
+    return ModelInfo(name, _builder("torchvision", arch, name.endswith("_abn")), name.endswith("_abn"), (3, 224, 224))
 
 
-register_prefix(PREFIX, _resolve)
+def _resolve_timm(name: str) -> ModelInfo | None:
+    """``timm:<timm model>[_abn]``, e.g. ``timm:convnext_atto_abn`` (timm is an optional extra)."""
+    try:
+        import timm
+    except ImportError:
+        raise AbnetError(f"{name} needs timm: pip install 'abnet[timm]'") from None
+    arch = name.removeprefix("timm:").removesuffix("_abn")
+    if not timm.is_model(arch):
+        return None
+    size = timm.models.get_pretrained_cfg(arch).input_size if timm.models.get_pretrained_cfg(arch) else (3, 224, 224)
+    return ModelInfo(name, _builder("timm", arch, name.endswith("_abn")), name.endswith("_abn"), tuple(size))
+
+
+register_prefix("tv:", _resolve_torchvision)
+register_prefix("timm:", _resolve_timm)
