@@ -193,3 +193,10 @@ def test_every_abn_model_trains_every_parameter_and_reads_a_given_map(name):
         ones = model(x, attention=torch.ones_like(out.attention))
         zeros = model(x, attention=torch.zeros_like(out.attention))
     assert not torch.allclose(ones.logits, zeros.logits)
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn_abn", "densenet100"])
+def test_an_input_too_small_for_the_network_is_a_clear_error(name):
+    model = abnet.create_model(name, num_classes=3).eval()
+    with pytest.raises(ValueError, match=f"an input of 2x2 pixels is too small for {name}"):
+        model(torch.randn(1, 3, 2, 2))

@@ -12,6 +12,7 @@ builds the attention branch and the masking, so no family re-implements them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -125,6 +126,10 @@ class ABN(nn.Module):
         self.perception = split.perception
 
     def forward(self, x: Tensor, attention: Tensor | None = None) -> ABNOutput:
+        with _input_size_check(self, x):
+            return self._forward(x, attention)
+
+    def _forward(self, x: Tensor, attention: Tensor | None) -> ABNOutput:
         g = self.features(x)
         att_logits, computed = self.attention_branch(g)
         if attention is None:
@@ -160,7 +165,21 @@ class Classifier(nn.Module):
         self.head = split.perception
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        with _input_size_check(self, x):
+            return self.head(self.features(x))
+
+
+@contextmanager
+def _input_size_check(model: nn.Module, x: Tensor):
+    """Turn PyTorch's error for an input that pools down to nothing into one naming the model and the size."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "too small" not in str(err) and "greater than actual input size" not in str(err):
+            raise
+        name = getattr(model, "abnet_config", {}).get("model", type(model).__name__)
+        raise ValueError(f"an input of {x.shape[-2]}x{x.shape[-1]} pixels is too small for {name}: its feature maps "
+                         "shrink to nothing; use larger images (its default: abnet.models.model_info(name))") from None
 
 
 def classification_loss(logits: Tensor, target: Tensor) -> Tensor:
