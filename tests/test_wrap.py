@@ -99,6 +99,17 @@ def test_weights_from_a_file_and_a_file_of_another_architecture(tmp_path):
         abnet.create_model("tv:resnet18_abn", weights=str(tmp_path / "mnv2.pt"))
 
 
+def test_cli_pretrained_weights_missing_or_misapplied(tmp_path, monkeypatch, capsys):
+    from abnet.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tv:resnet18_abn", "--pretrained", "--data", "shapes", "--out", str(out)]) == 2
+    assert "not in the local cache" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "--model", "resnet20_abn", "--pretrained", "--data", "shapes", "--out", str(out)]) == 2
+    assert "apply to tv:<name> and timm:<name> models" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_wrapped_model_trains_and_its_checkpoint_rebuilds(tmp_path):
     cfg = TrainConfig(model="tv:resnet18_abn", data="shapes", out=str(tmp_path / "run"), epochs=1, batch_size=32,
                       limit_train=64, limit_val=32)

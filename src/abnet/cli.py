@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (0)")
     p.add_argument("--mask", choices=("residual", "multiply", "none"), help="what the perception branch reads "
                    "(ABN models): g*(1+M), g*M or g")
+    p.add_argument("--pretrained", action="store_const", const=True,
+                   help="tv:/timm: models: start from ImageNet weights in the local torch/timm cache (no download)")
+    p.add_argument("--weights", help="tv:/timm: models: start from this state-dict file (.safetensors or .pt)")
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
     p.add_argument("--seed", type=non_negative_int, help="(0)")
     p.add_argument("--image-size", type=positive_int,

@@ -32,6 +32,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "step"  # "step": x0.1 at 50 % and 75 % of the epochs; "cosine": to zero
     warmup_epochs: float = 0.0  # linear warm-up from lr/10, counted in (fractional) epochs
+    pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
+    weights: str | None = None  # tv:/timm: models: start from this state-dict file
     mask: str = "residual"  # ABN models only
     map_kernel: int = 3  # ABN models only: the map head's conv size
     seed: int = 0

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if model_info(cfg.model).is_abn:
         kwargs.update(mask=cfg.mask, map_kernel=cfg.map_kernel)
+    if cfg.pretrained or cfg.weights:
+        if not cfg.model.startswith(("tv:", "timm:")):
+            raise AbnetError(f"--pretrained and --weights apply to tv:<name> and timm:<name> models, not {cfg.model}")
+        kwargs.update(pretrained=cfg.pretrained, weights=cfg.weights)
     return create_model(cfg.model, **kwargs)
 
 
@@ -78,6 +82,9 @@ def train(
     options = cfg.data_options()  # missing or malformed data fails here, before anything is written
     train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
     val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
+    torch.manual_seed(cfg.seed)
+    initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
+    model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to(run_dir / "train.log")
     try:
@@ -89,11 +96,9 @@ def train(
 
 def _fit(
     cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, state: dict | None, progress: bool,
-    model: nn.Module | None,
+    model: nn.Module,
 ) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
     train_set, val_set = data
-    model = model or build_model(cfg, train_set.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
