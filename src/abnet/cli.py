@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder to create (must be new or empty unless --resume)")
     p.add_argument("--config", help="JSON file of settings; flags given override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--force", action="store_true", help="replace the run in --out (its run files are deleted)")
     p.add_argument("--epochs", type=positive_int, help="(30)")
     p.add_argument("--batch-size", type=positive_int, help="(128)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (0.1)")
@@ -154,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     missing = [name for name in ("model", "data", "out") if name not in values]
     if missing:
         raise AbnetError(f"{', '.join('--' + m for m in missing)} required (as flags or in --config)")
-    metrics = train(TrainConfig.from_dict(values), resume=args.resume)
+    metrics = train(TrainConfig.from_dict(values), resume=args.resume, force=args.force)
     if metrics:
         print(json.dumps(metrics))
     return 0
@@ -201,6 +202,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `abnet` and `python -m abnet`."""
+    from .engine.train import TrainingStopped
     from .errors import AbnetError
 
     args = build_parser().parse_args(argv)
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except AbnetError as err:
         print(f"abnet {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingStopped as stop:
+        print(f"abnet {args.command}: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"abnet {args.command}: interrupted; a run continues with --resume from its last.pt",
               file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -84,7 +85,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise AbnetError(f"{source} has unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            hints = [f"{u!r}" + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(u, known, 1))
+                     for u in unknown]
+            raise AbnetError(f"{source} has unknown setting(s) {', '.join(hints)}; known: {', '.join(sorted(known))}")
         for f in fields(cls):
             if f.name in values and not _has_type(values[f.name], f.type):
                 raise AbnetError(f"{source}: setting {f.name!r} must be {f.type}, got {values[f.name]!r}")

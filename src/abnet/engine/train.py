@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from ..models import create_model, model_info
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
 from .evaluate import evaluate, model_loss
+from .plots import plot_curves
 
 log = logging.getLogger("abnet")
 
@@ -43,35 +47,41 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.model, **kwargs)
 
 
-def check_run_dir(out: str | Path, resume: bool) -> Path:
-    """The run folder, if it may be used: one that holds files only when resuming it. Writes nothing."""
+RUN_FILES = ("config.json", STATE_FILE, WEIGHTS_FILE, "metrics.jsonl", "train.log", "curves.png")
+
+
+def check_run_dir(out: str | Path, resume: bool, force: bool = False) -> Path:
+    """The run folder, if it may be used: one that holds files only when resuming it (or with ``force``,
+    which replaces the run files it holds). Writes nothing."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise AbnetError(f"--out {run_dir} is a file, not a folder; choose another --out")
     has_run = run_dir.is_dir() and any(run_dir.iterdir())
     if resume and not (run_dir / STATE_FILE).is_file():
         raise AbnetError(f"cannot resume: {run_dir / STATE_FILE} does not exist; start the run without --resume")
-    if has_run and not resume:
-        raise AbnetError(f"--out {run_dir} already holds files; pass --resume to continue that run "
-                         "or choose a new --out (nothing was overwritten)")
+    if has_run and not resume and not force:
+        raise AbnetError(f"--out {run_dir} already holds files; pass --resume to continue that run, --force to "
+                         "replace it, or choose a new --out (nothing was overwritten)")
     return run_dir
 
 
 def train(
-    cfg: TrainConfig, resume: bool = False, progress: bool = True, model: nn.Module | None = None
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, model: nn.Module | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data`` into the run folder ``cfg.out``; returns the last epoch's metrics.
 
     ``model``: an instance of ``cfg.model`` made by ``create_model`` (e.g. with weights of your own
-    choosing) to train instead of a freshly built one. Raises :class:`AbnetError` for bad settings
-    before anything is written.
+    choosing) to train instead of a freshly built one. ``force`` replaces the run files of an existing
+    run in ``cfg.out``. Raises :class:`AbnetError` for bad settings before anything is written, and
+    :class:`TrainingStopped` after saving a resumable state when SIGINT or SIGTERM arrives.
     """
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
-    run_dir = check_run_dir(cfg.out, resume)
+    run_dir = check_run_dir(cfg.out, resume, force)
     state = None
     if resume:
         state = load_state(run_dir / STATE_FILE)
@@ -86,6 +96,9 @@ def train(
     initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
     model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
     run_dir.mkdir(parents=True, exist_ok=True)
+    if force and not resume:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     handler = _log_to(run_dir / "train.log")
     try:
         return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress, model)
@@ -109,13 +122,14 @@ def _fit(
                       image_size=list(train_set.image_size), data=cfg.data, coarse=cfg.coarse,
                       train_config=asdict(cfg))
 
-    start_epoch, best = 0, -1.0
+    start_epoch, start_step, best = 0, 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        start_epoch, best = state["epoch"], state["best_accuracy"]
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, cfg.epochs)
+        start_epoch, start_step, best = state["epoch"], state.get("step", 0), state["best_accuracy"]
+        log.info("resuming %s at epoch %d of %d%s", run_dir, start_epoch + 1, cfg.epochs,
+                 f", step {start_step + 1}" if start_step else "")
     else:
         write_text(run_dir / "config.json", cfg.to_json())
         log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs",
@@ -125,47 +139,94 @@ def _fit(
     if start_epoch >= cfg.epochs:
         log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
 
+    def checkpoint(epoch: int, step: int, loss_sum: float = 0.0, seen: int = 0) -> None:
+        """Everything needed to continue after ``step`` steps of epoch ``epoch`` (0-based)."""
+        save_state(run_dir / STATE_FILE, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "loss_sum": loss_sum, "seen": seen, "best_accuracy": best, "rng": torch.get_rng_state(), "meta": meta})
+
     steps_per_epoch = len(train_loader)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(train_loader.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None if progress else True)
-        for i, batch in enumerate(bar):
-            lr = cfg.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = model_loss(model(batch.images), batch.labels)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
-                                 f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good epoch")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += value * len(batch.labels)
-            seen += len(batch.labels)
-            bar.set_postfix(loss=f"{value:.3f}")
-        seconds = time.perf_counter() - t0
-        val = evaluate(model, val_loader)
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
-                   **({"val_pointing_game": val["pointing_game"]} if "pointing_game" in val else {}),
-                   "lr": lr, "images_per_s": seen / seconds, "seconds": seconds}
-        if val["accuracy"] > best:
-            best = val["accuracy"]
-            save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
-        save_state(run_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "epoch": epoch + 1, "best_accuracy": best,
-                                          "rng": torch.get_rng_state(), "meta": meta})
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %.0f img/s  %.1fs",
-                 epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
-                 "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
-                 metrics["images_per_s"], seconds)
+    with _stop_on_signals() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            skip = start_step if epoch == start_epoch else 0
+            loss_sum, seen = (state["loss_sum"], state["seen"]) if skip else (0.0, 0)
+            t0, timed = time.perf_counter(), 0
+            bar = tqdm(train_loader.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       leave=False, disable=None if progress else True)
+            for i, batch in enumerate(bar):
+                if i < skip:  # resuming mid-epoch: replay the loader's random draws, train nothing
+                    continue
+                lr = cfg.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = model_loss(model(batch.images), batch.labels)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
+                                     f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good state")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += value * len(batch.labels)
+                seen += len(batch.labels)
+                timed += len(batch.labels)
+                bar.set_postfix(loss=f"{value:.3f}")
+                if stop.signal is not None:
+                    checkpoint(epoch, i + 1, loss_sum, seen)
+                    raise TrainingStopped(f"stopped by {stop.signal} at epoch {epoch + 1}, step {i + 1}; "
+                                          f"{run_dir / STATE_FILE} holds the state: continue with --resume")
+            seconds = time.perf_counter() - t0
+            val = evaluate(model, val_loader)
+            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
+                       "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
+                       **({"val_pointing_game": val["pointing_game"]} if "pointing_game" in val else {}),
+                       "lr": lr, "images_per_s": timed / seconds, "seconds": seconds}
+            if val["accuracy"] > best:
+                best = val["accuracy"]
+                save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
+            checkpoint(epoch + 1, 0)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+            log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %.0f img/s  %.1fs",
+                     epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
+                     "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
+                     metrics["images_per_s"], seconds)
+            if stop.signal is not None:
+                raise TrainingStopped(f"stopped by {stop.signal} after epoch {epoch + 1}; continue with --resume")
     return metrics
+
+
+class TrainingStopped(Exception):
+    """Training was stopped by SIGINT / SIGTERM after writing a resumable state."""
+
+
+class _StopFlag:
+    signal: str | None = None
+
+
+@contextmanager
+def _stop_on_signals():
+    """While training, SIGINT (Ctrl-C) and SIGTERM only raise a flag; the loop checkpoints at the end of the
+    current step and stops. A second signal interrupts at once. Outside the main thread nothing is installed."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.signal is not None:
+            raise KeyboardInterrupt
+        flag.signal = signal.Signals(signum).name
+        log.warning("%s received: saving a resumable state after this step", flag.signal)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _keep_metrics_before(path: Path, epoch: int) -> dict[str, Any]:
