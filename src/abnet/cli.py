@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse", action="store_const", const=True, help="cifar100: the 20 coarse classes")
     p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
     p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
+    p.add_argument("--device", help="auto (default: the GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--amp", action="store_const", const=True,
+                   help="mixed precision: bf16 autocast on CPU (slower than fp32 on CPUs without AMX), fp16 on CUDA")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="torch.compile the model (falls back to eager with a message)")
+    p.add_argument("--milestones", type=non_negative_float, nargs="+",
+                   help="step schedule: epochs where the lr is multiplied by --gamma (default 50%% and 75%%)")
+    p.add_argument("--gamma", type=positive_float, help="step schedule factor (0.1)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep tensors channels-first (channels_last is faster on CPUs)")
     p.set_defaults(func=cmd_train)

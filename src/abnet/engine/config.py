@@ -31,10 +31,16 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "step"  # "step": x0.1 at 50 % and 75 % of the epochs; "cosine": to zero
+    schedule: str = "step"  # "step": x gamma at each milestone; "cosine": to zero
+    milestones: list[float] | None = None  # epochs where "step" multiplies the lr by gamma (50 %, 75 %)
+    gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from lr/10, counted in (fractional) epochs
     pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
     weights: str | None = None  # tv:/timm: models: start from this state-dict file
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 + grad scaler on CUDA
+    compile: bool = False  # torch.compile the model (eager with a message if it cannot compile)
+    source: str | None = None  # where a recipe's settings come from (paper, code); kept in config.json
     mask: str = "residual"  # ABN models only
     map_kernel: int = 3  # ABN models only: the map head's conv size
     seed: int = 0
@@ -50,7 +56,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise an :class:`AbnetError` naming the first setting that makes no sense."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "map_kernel": self.map_kernel}
+                    "map_kernel": self.map_kernel, "gamma": self.gamma}
         for name, value in positive.items():
             if not value > 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be > 0, got {value}")
@@ -63,6 +69,8 @@ class TrainConfig:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0 < self.val_fraction < 1:
             raise AbnetError(f"val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.milestones is not None and sorted(self.milestones) != self.milestones:
+            raise AbnetError(f"milestones must be increasing epochs, got {self.milestones}")
         if self.schedule not in SCHEDULES:
             raise AbnetError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.mask not in MASK_MODES:
@@ -101,7 +109,8 @@ class TrainConfig:
         if self.schedule == "cosine":
             span = max(self.epochs - self.warmup_epochs, 1e-8)
             return 0.5 * self.lr * (1 + math.cos(math.pi * min((epoch - self.warmup_epochs) / span, 1.0)))
-        return self.lr * 0.1 ** sum(epoch >= m * self.epochs for m in (0.5, 0.75))
+        milestones = self.milestones if self.milestones is not None else [0.5 * self.epochs, 0.75 * self.epochs]
+        return self.lr * self.gamma ** sum(epoch >= m for m in milestones)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -120,6 +129,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def _has_type(value: Any, annotation: str) -> bool:
     """Whether a JSON value fits a field annotation such as ``"int"`` or ``"str | None"``."""
-    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+               "list[float]": (list,)}
     kinds = tuple(k for name in annotation.split(" | ") for k in allowed[name])
+    if isinstance(value, list):
+        return list in kinds and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)

@@ -37,9 +37,10 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
     has_masks = False
     loss_sum = 0.0
     is_abn = False
+    device = next(model.parameters()).device
     for batch in loader.epoch():
-        out = model(batch.images)
-        y = batch.labels
+        out = model(batch.images.to(device))
+        y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)
         if isinstance(out, ABNOutput):
@@ -48,7 +49,7 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
             att_hits += correct(out.att_logits, y)
             if batch.masks is not None:
                 has_masks = True
-                hits += pointing_game(out.attention, batch.masks).sum().item()
+                hits += pointing_game(out.attention.float().cpu(), batch.masks).sum().item()
         else:
             hits_per += correct(out, y)
     model.train(was_training)

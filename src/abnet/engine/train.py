@@ -78,6 +78,7 @@ def train(
     """
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
+    resolve_device(cfg.device)
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
@@ -112,9 +113,14 @@ def _fit(
     model: nn.Module,
 ) -> dict[str, Any]:
     train_set, val_set = data
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    device = resolve_device(cfg.device)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    forward = Compiled(model) if cfg.compile else model
+    tensorboard = _tensorboard(run_dir)
     train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
                                channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout)
     val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
@@ -126,6 +132,7 @@ def _fit(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler", {}))
         torch.set_rng_state(state["rng"])
         start_epoch, start_step, best = state["epoch"], state.get("step", 0), state["best_accuracy"]
         log.info("resuming %s at epoch %d of %d%s", run_dir, start_epoch + 1, cfg.epochs,
@@ -142,7 +149,8 @@ def _fit(
     def checkpoint(epoch: int, step: int, loss_sum: float = 0.0, seen: int = 0) -> None:
         """Everything needed to continue after ``step`` steps of epoch ``epoch`` (0-based)."""
         save_state(run_dir / STATE_FILE, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch, "step": step,
             "loss_sum": loss_sum, "seen": seen, "best_accuracy": best, "rng": torch.get_rng_state(), "meta": meta})
 
     steps_per_epoch = len(train_loader)
@@ -160,14 +168,17 @@ def _fit(
                 lr = cfg.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = model_loss(model(batch.images), batch.labels)
+                x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                    loss = model_loss(forward(x), y)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
                                      f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good state")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 loss_sum += value * len(batch.labels)
                 seen += len(batch.labels)
                 timed += len(batch.labels)
@@ -189,6 +200,11 @@ def _fit(
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+            if tensorboard is not None:
+                for key, value in metrics.items():
+                    if key != "epoch" and value is not None:
+                        tensorboard.add_scalar(key, value, epoch + 1)
+                tensorboard.flush()
             log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %.0f img/s  %.1fs",
                      epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
                      "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
@@ -196,6 +212,49 @@ def _fit(
             if stop.signal is not None:
                 raise TrainingStopped(f"stopped by {stop.signal} after epoch {epoch + 1}; continue with --resume")
     return metrics
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU if there is one, else the CPU; anything else as torch spells it, if it exists here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AbnetError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AbnetError(f"--device {name} asks for a CUDA GPU, but torch sees none here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise AbnetError(f"--device {name}: abnet trains on cpu or cuda")
+    return device
+
+
+class Compiled:
+    """``torch.compile(model)``, or the eager model, with a message, if compilation fails (it fails on the
+    first call, so the first call is where this decides)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.compiled = model, torch.compile(model)
+
+    def __call__(self, x: torch.Tensor):
+        if self.compiled is None:
+            return self.model(x)
+        try:
+            return self.compiled(x)
+        except Exception as err:  # inductor needs a C++ compiler, supported ops, ...
+            log.warning("torch.compile could not compile %s (%s: %s); training eagerly",
+                        type(self.model).__name__, type(err).__name__, str(err).splitlines()[0][:200])
+            self.compiled = None
+            return self.model(x)
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into run_dir/tensorboard when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 class TrainingStopped(Exception):

@@ -1,0 +1,84 @@
+"""Training options: device, mixed precision, torch.compile fallback, step milestones."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import abnet.engine.train as engine
+from abnet.cli import main
+from abnet.engine.config import TrainConfig
+
+TINY = dict(model="resnet20_abn", data="shapes", image_size=16, limit_train=64, limit_val=32, batch_size=32,
+            epochs=1)
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    metrics = engine.train(TrainConfig(**TINY, amp=True, out=str(tmp_path / "amp")), progress=False)
+    assert metrics["epoch"] == 1 and metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
+
+
+def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatch, caplog):
+    def broken_compile(model):
+        def fail(x):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="abnet"):
+        metrics = engine.train(TrainConfig(**TINY, compile=True, out=str(tmp_path / "c")), progress=False)
+    assert metrics["epoch"] == 1 and "torch.compile could not compile" in caplog.text
+
+
+def test_device_that_is_not_here_is_a_one_line_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code = main(["train", "--model", "resnet20_abn", "--data", "shapes", "--device", "cuda", "--out",
+                 str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "sees none here" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_milestones_and_gamma_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--model", "resnet20_abn", "--data", "shapes", "--image-size", "16", "--limit-train", "64",
+                 "--limit-val", "32", "--epochs", "2", "--milestones", "1", "--gamma", "0.5", "--lr", "0.2",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["milestones"] == [1.0] and config["gamma"] == 0.5
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == [pytest.approx(0.2), pytest.approx(0.1)]
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_recipe_is_a_valid_config(path):
+    from abnet.data.registry import data_spec
+    from abnet.engine.config import read_config
+    from abnet.models import model_info
+
+    cfg = TrainConfig.from_dict(read_config(path)).validate()
+    model_info(cfg.model)
+    data_spec(cfg.data)
+    assert cfg.source and cfg.milestones and cfg.milestones[-1] < cfg.epochs
+
+
+def test_recipes_cover_table_1():
+    names = {p.stem for p in CONFIGS}
+    assert {f"table1_cifar100_resnet{d}_{m}" for d in (20, 32, 44, 56, 110)
+            for m in ("none", "multiply", "residual")} <= names
+
+
+def test_a_recipe_runs_with_flag_overrides(tmp_path, capsys):
+    out = tmp_path / "r"
+    path = [p for p in CONFIGS if p.stem == "table1_cifar100_resnet20_residual"][0]
+    code = main(["train", "--config", str(path), "--data", "shapes", "--image-size", "16", "--limit-train", "32",
+                 "--limit-val", "16", "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["milestones"] == [150, 225] and saved["epochs"] == 1 and saved["source"].startswith("ABN")
