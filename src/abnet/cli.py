@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: bf16 autocast on CPU (slower than fp32 on CPUs without AMX), fp16 on CUDA")
     p.add_argument("--compile", action="store_const", const=True,
                    help="torch.compile the model (falls back to eager with a message)")
+    p.add_argument("--sync-bn", action="store_const", const=True,
+                   help="under torchrun on GPUs: batch-norm statistics over the whole global batch")
     p.add_argument("--milestones", type=non_negative_float, nargs="+",
                    help="step schedule: epochs where the lr is multiplied by --gamma (default 50%% and 75%%)")
     p.add_argument("--gamma", type=positive_float, help="step schedule factor (0.1)")
@@ -164,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if missing:
         raise AbnetError(f"{', '.join('--' + m for m in missing)} required (as flags or in --config)")
     metrics = train(TrainConfig.from_dict(values), resume=args.resume, force=args.force)
-    if metrics:
+    if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(metrics))
     return 0
 

@@ -155,16 +155,17 @@ class _FolderDataset(torch.utils.data.Dataset):
 class _EpochOrder(torch.utils.data.Sampler):
     """Yields (epoch, index) keys: shuffled by (seed, epoch) for training, in order otherwise."""
 
-    def __init__(self, n: int, train: bool, seed: int):
+    def __init__(self, n: int, train: bool, seed: int, rank: int = 0, world: int = 1):
         self.n, self.train, self.seed, self.epoch = n, train, seed, 0
+        self.rank, self.world = rank, world  # multi-process training: every world-th image from rank on
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self.n, self.world))
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=gen) if self.train else torch.arange(self.n)
-        return iter([(self.epoch, int(i)) for i in order])
+        return iter([(self.epoch, int(i)) for i in order[self.rank::self.world]])
 
 
 def _collate(samples: list[tuple[torch.Tensor | None, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -179,12 +180,13 @@ class FolderLoader:
     workers). Same interface as :class:`~abnet.data.loader.InMemoryLoader`."""
 
     def __init__(self, index: FolderIndex, batch_size: int, mean, std, train: bool = False,
-                 seed: int = 0, workers: int = 2, cutout_size: int = 0, channels_last: bool = False):
+                 seed: int = 0, workers: int = 2, cutout_size: int = 0, channels_last: bool = False,
+                 rank: int = 0, world: int = 1):
         self.index, self.batch_size, self.mean, self.std = index, batch_size, mean, std
         self.cutout_size, self.channels_last = cutout_size if train else 0, channels_last
-        self.order = _EpochOrder(len(index.paths), train, seed)
+        self.order = _EpochOrder(len(index.paths), train, seed, rank, world)
         self.loader = torch.utils.data.DataLoader(
-            _FolderDataset(index, index.size, train, seed), batch_size=batch_size, sampler=self.order,
+            _FolderDataset(index, index.size, train, seed), batch_size=batch_size // world, sampler=self.order,
             num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0)
 

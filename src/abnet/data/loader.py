@@ -86,12 +86,15 @@ class InMemoryLoader:
         flip: bool = True,
         cutout_size: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.mean, self.std = data, batch_size, mean, std
         self.train, self.seed, self.padding, self.flip = train, seed, padding, flip
         self.cutout_size, self.channels_last = cutout_size, channels_last
+        self.rank, self.world = rank, world  # multi-process training: this process's share of each batch
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
@@ -110,6 +113,10 @@ class InMemoryLoader:
             x = normalize(images, self.mean, self.std)
             if self.train and self.cutout_size > 0:
                 cutout(x, self.cutout_size, gen)
+            labels = self.data.labels[idx]
+            if self.world > 1:  # every process augments the whole batch alike, then keeps its slice
+                x, labels = x[self.rank::self.world], labels[self.rank::self.world]
+                masks = None if masks is None else masks[self.rank::self.world]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, self.data.labels[idx], masks)
+            yield Batch(x, labels, masks)

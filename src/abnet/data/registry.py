@@ -182,12 +182,14 @@ def _take(data: ImageSet | FolderIndex, index: torch.Tensor) -> ImageSet | Folde
 
 def make_loader(
     data: ImageSet | FolderIndex, spec: DataSpec, batch_size: int, train: bool = False, seed: int = 0,
-    channels_last: bool = False, workers: int = 2, cutout_size: int = 0,
+    channels_last: bool = False, workers: int = 2, cutout_size: int = 0, rank: int = 0, world: int = 1,
 ) -> InMemoryLoader | FolderLoader:
     """Batches of a loaded split: the in-memory fast path for an ImageSet, worker streaming for files.
-    ``cutout_size`` > 0 adds Cutout to training batches."""
+    ``cutout_size`` > 0 adds Cutout to training batches; ``rank``/``world`` give this process its share
+    of each global batch in multi-process training."""
     if isinstance(data, ImageSet):
         return InMemoryLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed, padding=spec.padding,
-                              flip=spec.flip, cutout_size=cutout_size, channels_last=channels_last)
+                              flip=spec.flip, cutout_size=cutout_size, channels_last=channels_last,
+                              rank=rank, world=world)
     return FolderLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed, workers=workers,
-                        cutout_size=cutout_size, channels_last=channels_last)
+                        cutout_size=cutout_size, channels_last=channels_last, rank=rank, world=world)

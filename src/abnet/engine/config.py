@@ -40,6 +40,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 + grad scaler on CUDA
     compile: bool = False  # torch.compile the model (eager with a message if it cannot compile)
+    sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch
     source: str | None = None  # where a recipe's settings come from (paper, code); kept in config.json
     mask: str = "residual"  # ABN models only
     map_kernel: int = 3  # ABN models only: the map head's conv size

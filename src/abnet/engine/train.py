@@ -29,6 +29,7 @@ from ..fileio import write_text
 from ..models import create_model, model_info
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
+from .distributed import Distributed, check_batch, setup, shutdown
 from .evaluate import evaluate, model_loss
 from .plots import plot_curves
 
@@ -78,7 +79,17 @@ def train(
     """
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
-    resolve_device(cfg.device)
+    job = setup(resolve_device(cfg.device).type)  # under torchrun: join the job
+    try:
+        return _train(cfg, resume, progress, model, force, job)
+    finally:
+        shutdown(job)
+
+
+def _train(
+    cfg: TrainConfig, resume: bool, progress: bool, model: nn.Module | None, force: bool, job: Distributed
+) -> dict[str, Any]:
+    check_batch(cfg.batch_size, job)
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
@@ -96,33 +107,46 @@ def train(
     torch.manual_seed(cfg.seed)
     initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
     model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if force and not resume:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    handler = _log_to(run_dir / "train.log")
+    job.barrier()  # every process has checked everything before the first one writes
+    handler = None
+    if job.is_main:  # only rank 0 writes files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force and not resume:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        handler = _log_to(run_dir / "train.log")
     try:
-        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress, model)
+        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress and job.is_main, model, job)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _fit(
     cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, state: dict | None, progress: bool,
-    model: nn.Module,
+    model: nn.Module, job: Distributed,
 ) -> dict[str, Any]:
     train_set, val_set = data
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and job.world > 1:
+        device = torch.device("cuda", job.local_rank)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    if cfg.sync_bn and job.world > 1:
+        if device.type != "cuda":
+            raise AbnetError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    forward = Compiled(model) if cfg.compile else model
-    tensorboard = _tensorboard(run_dir)
+    trained = model if job.world == 1 else nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = Compiled(trained) if cfg.compile else trained
+    tensorboard = _tensorboard(run_dir) if job.is_main else None
     train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
-                               channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout)
+                               channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout,
+                               rank=job.rank, world=job.world)
     val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
     meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
                       image_size=list(train_set.image_size), data=cfg.data, coarse=cfg.coarse,
@@ -138,16 +162,19 @@ def _fit(
         log.info("resuming %s at epoch %d of %d%s", run_dir, start_epoch + 1, cfg.epochs,
                  f", step {start_step + 1}" if start_step else "")
     else:
-        write_text(run_dir / "config.json", cfg.to_json())
+        if job.is_main:
+            write_text(run_dir / "config.json", cfg.to_json())
         log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs",
                  cfg.model, f"{sum(p.numel() for p in model.parameters()):,}", cfg.data, len(train_set),
                  len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs)
-    metrics = _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch)
+    metrics = _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch) if job.is_main else {}
     if start_epoch >= cfg.epochs:
         log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
 
     def checkpoint(epoch: int, step: int, loss_sum: float = 0.0, seen: int = 0) -> None:
-        """Everything needed to continue after ``step`` steps of epoch ``epoch`` (0-based)."""
+        """Everything needed to continue after ``step`` steps of epoch ``epoch`` (0-based); rank 0 writes it."""
+        if not job.is_main:
+            return
         save_state(run_dir / STATE_FILE, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch, "step": step,
@@ -171,7 +198,10 @@ def _fit(
                 x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
                     loss = model_loss(forward(x), y)
-                value = loss.item()
+                # One all-reduce per step (a no-op in one process): the global loss, and whether any process
+                # was asked to stop, so that all processes stop or fail at the same step.
+                loss_total, count, stopping = job.sums(loss.item() * len(y), len(y), stop.signal is not None)
+                value = loss_total / count
                 if not math.isfinite(value):
                     raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
                                      f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good state")
@@ -179,14 +209,14 @@ def _fit(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                loss_sum += value * len(batch.labels)
-                seen += len(batch.labels)
-                timed += len(batch.labels)
+                loss_sum += loss_total
+                seen += int(count)
+                timed += int(count)
                 bar.set_postfix(loss=f"{value:.3f}")
-                if stop.signal is not None:
+                if stopping:
                     checkpoint(epoch, i + 1, loss_sum, seen)
-                    raise TrainingStopped(f"stopped by {stop.signal} at epoch {epoch + 1}, step {i + 1}; "
-                                          f"{run_dir / STATE_FILE} holds the state: continue with --resume")
+                    raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} at epoch {epoch + 1}, step {i + 1};"
+                                          f" {run_dir / STATE_FILE} holds the state: continue with --resume")
             seconds = time.perf_counter() - t0
             val = evaluate(model, val_loader)
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
@@ -195,11 +225,13 @@ def _fit(
                        "lr": lr, "images_per_s": timed / seconds, "seconds": seconds}
             if val["accuracy"] > best:
                 best = val["accuracy"]
-                save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
+                if job.is_main:
+                    save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
             checkpoint(epoch + 1, 0)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+            if job.is_main:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
             if tensorboard is not None:
                 for key, value in metrics.items():
                     if key != "epoch" and value is not None:
@@ -209,8 +241,9 @@ def _fit(
                      epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
                      "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
                      metrics["images_per_s"], seconds)
-            if stop.signal is not None:
-                raise TrainingStopped(f"stopped by {stop.signal} after epoch {epoch + 1}; continue with --resume")
+            if job.sums(stop.signal is not None)[0]:
+                raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} after epoch {epoch + 1}; "
+                                      "continue with --resume")
     return metrics
 
 
