@@ -114,3 +114,24 @@ def test_config_file_with_a_misspelt_key_names_the_nearest(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "'epoch' (did you mean 'epochs'?)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_old_one_readable(tmp_path, monkeypatch):
+    cfg = TrainConfig(model="resnet20_abn", image_size=16, limit_train=64, limit_val=32, batch_size=32, epochs=1,
+                      out=str(tmp_path / "run"))
+    train(cfg, progress=False)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def save_then_crash(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        with open(path, "r+b") as f:  # half-written, then the process dies
+            f.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(OSError):
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 2}), resume=True, progress=False)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert load_state(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
