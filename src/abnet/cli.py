@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
     p.add_argument("--device", help="auto (default: the GPU if there is one), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_const", const=True,
-                   help="mixed precision: bf16 autocast on CPU (slower than fp32 on CPUs without AMX), fp16 on CUDA")
+                   help="mixed precision: bf16 autocast on CPU (fast only with bf16 instructions), fp16 on CUDA")
     p.add_argument("--compile", action="store_const", const=True,
                    help="torch.compile the model (falls back to eager with a message)")
     p.add_argument("--sync-bn", action="store_const", const=True,
