@@ -182,9 +182,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     spec = data_spec(args.data)
     model, meta = load_checkpoint(args.checkpoint)
+    trained_with = meta.get("train_config", {})  # how the checkpoint's data was read
     options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.get("image_size", [None])[0],
-                          seed=args.seed, coarse=meta.get("coarse", False),
-                          val_fraction=meta.get("train_config", {}).get("val_fraction", 0.1))
+                          seed=args.seed, coarse=trained_with.get("coarse", False),
+                          val_fraction=trained_with.get("val_fraction", 0.1))
     split = args.split or spec.eval_split(options)
     data = load_dataset(args.data, split, args.limit, options)
     if data.num_classes != len(meta["classes"]):

@@ -66,8 +66,8 @@ def scan(folder: Path, classes: list[str] | None = None, size: int = 224) -> Fol
         raise DataError(f"{folder} has class folders not in the training set: {', '.join(unknown[:5])}")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) \
-            if (folder / name).is_dir() else []
+        # A class of the training set may have no folder here (e.g. in val/): it then has no images.
+        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not files and name in found:
             raise DataError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...); "
                             "add images or remove the folder")

@@ -79,17 +79,23 @@ def train(
     """
     cfg.validate()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
-    job = setup(resolve_device(cfg.device).type)  # under torchrun: join the job
+    device = resolve_device(cfg.device)
+    job = setup(device.type)  # under torchrun: join the job
+    if device.type == "cuda" and job.world > 1:
+        device = torch.device("cuda", job.local_rank)
     try:
-        return _train(cfg, resume, progress, model, force, job)
+        return _train(cfg, resume, progress, model, force, job, device)
     finally:
         shutdown(job)
 
 
 def _train(
-    cfg: TrainConfig, resume: bool, progress: bool, model: nn.Module | None, force: bool, job: Distributed
+    cfg: TrainConfig, resume: bool, progress: bool, model: nn.Module | None, force: bool, job: Distributed,
+    device: torch.device,
 ) -> dict[str, Any]:
     check_batch(cfg.batch_size, job)
+    if cfg.sync_bn and job.world > 1 and device.type != "cuda":
+        raise AbnetError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
@@ -116,7 +122,7 @@ def _train(
                 (run_dir / name).unlink(missing_ok=True)
         handler = _log_to(run_dir / "train.log")
     try:
-        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress and job.is_main, model, job)
+        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress and job.is_main, model, job, device)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -125,16 +131,11 @@ def _train(
 
 def _fit(
     cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, state: dict | None, progress: bool,
-    model: nn.Module, job: Distributed,
+    model: nn.Module, job: Distributed, device: torch.device,
 ) -> dict[str, Any]:
     train_set, val_set = data
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and job.world > 1:
-        device = torch.device("cuda", job.local_rank)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     if cfg.sync_bn and job.world > 1:
-        if device.type != "cuda":
-            raise AbnetError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
@@ -149,7 +150,7 @@ def _fit(
                                rank=job.rank, world=job.world)
     val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
     meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
-                      image_size=list(train_set.image_size), data=cfg.data, coarse=cfg.coarse,
+                      image_size=list(train_set.image_size), data=cfg.data,
                       train_config=asdict(cfg))
 
     start_epoch, start_step, best = 0, 0, -1.0
