@@ -11,7 +11,7 @@ from torch import Tensor
 @dataclass
 class ImageSet:
     """Images (N, 3, H, W) uint8; labels (N,) int64 class indices or (N, T) float 0/1 attributes; class
-    (or attribute) names; optional object masks (N, H, W) bool."""
+    (or attribute) names; optional object masks (N, H, W) bool, or (N, T, H, W) one per attribute."""
 
     images: Tensor
     labels: Tensor
@@ -24,8 +24,14 @@ class ImageSet:
                              f"{tuple(self.images.shape)}")
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if self.masks is not None and self.masks.shape != (len(self.images), *self.images.shape[2:]):
-            raise ValueError(f"masks of shape {tuple(self.masks.shape)} do not match images {tuple(self.images.shape)}")
+        if self.masks is not None and self.masks.shape not in self._mask_shapes():
+            raise ValueError(f"masks of shape {tuple(self.masks.shape)} do not match images {tuple(self.images.shape)}"
+                             f" and labels {tuple(self.labels.shape)}")
+
+    def _mask_shapes(self) -> list[tuple[int, ...]]:
+        """(N, H, W), and (N, T, H, W) where labels are (N, T) attributes."""
+        n, hw = len(self.images), tuple(self.images.shape[2:])
+        return [(n, *hw)] + ([(n, self.labels.shape[1], *hw)] if self.labels.dim() == 2 else [])
 
     def __len__(self) -> int:
         return len(self.images)

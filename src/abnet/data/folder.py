@@ -100,7 +100,7 @@ def load_folder_in_memory(index: FolderIndex) -> ImageSet:
         except (OSError, UnidentifiedImageError, ValueError) as err:
             bad.append(f"{path.name} ({type(err).__name__})")
             continue
-        images.append(torch.from_numpy(np.asarray(_resize_center(img, size)).copy()).permute(2, 0, 1))
+        images.append(torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1))
         kept.append(i)
     _warn_skipped(bad, len(index.paths))
     if not images:
@@ -108,7 +108,7 @@ def load_folder_in_memory(index: FolderIndex) -> ImageSet:
     return ImageSet(torch.stack(images), index.labels[kept], index.classes)
 
 
-def _resize_center(img: Image.Image, size: int) -> Image.Image:
+def resize_center(img: Image.Image, size: int) -> Image.Image:
     """Shorter side to ``size``, then the centre ``size`` x ``size`` square (no distortion)."""
     w, h = img.size
     if (w, h) == (size, size):

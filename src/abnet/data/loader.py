@@ -24,7 +24,8 @@ def random_crop_flip(
 ) -> tuple[Tensor, Tensor | None]:
     """Random ``padding``-pixel shifts (zero fill) and horizontal flips of a uint8 batch (N, C, H, W).
 
-    ``masks`` (N, H, W), if given, get the same crop and flip, so they stay aligned with the images.
+    ``masks`` (N, H, W) or (N, T, H, W) (one per attribute), if given, get the same crop and flip, so they
+    stay aligned with the images.
     Two gathers do it for the whole batch: the rows each crop keeps, then its (possibly reversed)
     columns; several times faster than indexing pixels one by one.
     """
@@ -42,7 +43,9 @@ def random_crop_flip(
         kept = padded.view(n * c * hp, wp).index_select(0, rows).view(n, c, h, wp)
         return kept.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
-    return crop(images), None if masks is None else crop(masks.unsqueeze(1)).squeeze(1)
+    if masks is None:
+        return crop(images), None
+    return crop(images), crop(masks) if masks.dim() == 4 else crop(masks.unsqueeze(1)).squeeze(1)
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -67,8 +70,8 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
 @dataclass
 class Batch:
     images: Tensor  # normalised float32 (N, C, H, W)
-    labels: Tensor  # (N,)
-    masks: Tensor | None  # (N, H, W) bool, aligned with images
+    labels: Tensor  # (N,) class indices, or (N, T) float 0/1 attributes
+    masks: Tensor | None  # bool, aligned with images: (N, H, W), or (N, T, H, W) one per attribute
 
 
 class InMemoryLoader:

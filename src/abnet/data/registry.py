@@ -23,7 +23,7 @@ from .cifar import load_cifar
 from .folder import IN_MEMORY_MAX_SIZE, FolderIndex, FolderLoader, load_folder_in_memory, scan
 from .loader import InMemoryLoader
 from .mnist_idx import load_fashion_mnist
-from .shapes import make_shapes
+from .shapes import make_shapes, make_shapes_multi
 from .svhn import load_svhn
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -36,8 +36,8 @@ class DataOptions:
     """Loading options beyond the split: where the files are and a few per-set choices."""
 
     root: Path | None = None
-    image_size: int | None = None  # shapes: generated size; imagefolder: resize/crop size
-    seed: int = 0  # shapes: which generated set
+    image_size: int | None = None  # shapes(-multi): generated size; imagefolder: resize/crop size
+    seed: int = 0  # shapes(-multi): which generated set
     val_fraction: float = 0.1  # share of the training set held out where there is no val split
     coarse: bool = False  # cifar100: the 20 super-classes
 
@@ -72,9 +72,14 @@ class DataSpec:
 SHAPES_SIZES = {"train": 10_000, "val": 2_000, "test": 2_000}
 
 
-def _read_shapes(split: str, o: DataOptions, limit: int | None) -> ImageSet:
-    n = SHAPES_SIZES[split] if limit is None else min(limit, SHAPES_SIZES[split])  # generate no more than used
-    return make_shapes(n, size=o.image_size or 32, seed=o.seed, split=split)
+def _generated(make: Callable[..., ImageSet]) -> Callable[[str, DataOptions, int | None], ImageSet]:
+    """The reader of a generated set (shapes, shapes-multi): SHAPES_SIZES images per split, or ``limit``."""
+
+    def read(split: str, o: DataOptions, limit: int | None) -> ImageSet:
+        n = SHAPES_SIZES[split] if limit is None else min(limit, SHAPES_SIZES[split])  # generate no more than used
+        return make(n, size=o.image_size or 32, seed=o.seed, split=split)
+
+    return read
 
 
 def _read_folder(split: str, o: DataOptions, limit: int | None) -> ImageSet | FolderIndex:
@@ -96,9 +101,13 @@ def _folder_splits(root: Path) -> tuple[str, ...]:
     return ("train", *(s for s in ("val", "test") if (root / s).is_dir() and (root / "train").is_dir()))
 
 
-SHAPES = DataSpec("shapes", _read_shapes, ("train", "val", "test"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+SHAPES = DataSpec("shapes", _generated(make_shapes), ("train", "val", "test"), mean=(0.5, 0.5, 0.5),
+                  std=(0.25, 0.25, 0.25))
+SHAPES_MULTI = DataSpec("shapes-multi", _generated(make_shapes_multi), ("train", "val", "test"), mean=(0.5, 0.5, 0.5),
+                        std=(0.25, 0.25, 0.25))  # 10 binary attributes with a mask each; see make_shapes_multi
 DATASETS = {spec.name: spec for spec in (
     SHAPES,
+    SHAPES_MULTI,
     DataSpec("cifar10", lambda split, o, _: load_cifar(o.root, split, 10), ("train", "test"),
              layout="cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
     DataSpec("cifar100", lambda split, o, _: load_cifar(o.root, split, 100, o.coarse), ("train", "test"),

@@ -1,4 +1,5 @@
-"""Evaluation of both branches, and attention localisation where the data has object masks."""
+"""Evaluation of both branches, and attention localisation where the data has object masks; per-attribute
+scores for multi-label data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ..data.folder import FolderLoader
 from ..data.loader import InMemoryLoader
 from ..explain.metrics import pointing_game
 from ..models import ABNOutput, abn_loss, classification_loss
+from .attributes import AttributeCounts, attribute_metrics
 
 
 def model_loss(output: ABNOutput | Tensor, target: Tensor) -> Tensor:
@@ -25,33 +27,51 @@ def correct(logits: Tensor, target: Tensor) -> float:
     return (logits.argmax(1) == target).sum().item()
 
 
+def class_names(loader: InMemoryLoader | FolderLoader) -> list[str]:
+    """The class (or attribute) names of the data set a loader reads."""
+    return (loader.data if isinstance(loader, InMemoryLoader) else loader.index).classes
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[str, Any]:
     """Top-1 accuracy of the perception branch (``accuracy``) and attention branch (``att_accuracy``,
     None for a plain model; for 0/1 attributes, the mean accuracy over attributes), mean ``loss`` (the
     training loss), ``n``, and ``pointing_game`` when the data has object masks and the model makes
-    attention maps."""
+    attention maps.
+
+    For 0/1 attributes (float labels (N, T)) also ``attributes`` ({name: {accuracy, balanced_accuracy,
+    positive_rate}} of the perception branch) and ``mean_balanced_accuracy``. With one mask per attribute
+    (N, T, H, W), each attribute also gets a ``pointing_game`` over the images where it is present, and
+    ``pointing_game`` is their mean; a model with one map (N, 1, h, w) has that map scored against every
+    attribute's mask (see :func:`~abnet.engine.attributes.attribute_pointing_game`).
+    """
     was_training = model.training
     model.eval()
     n = hits_per = att_hits = hits = 0
     has_masks = False
     loss_sum = 0.0
     is_abn = False
+    attributes: AttributeCounts | None = None
     device = next(model.parameters()).device
     for batch in loader.epoch():
         out = model(batch.images.to(device))
         y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)
+        logits = out.logits if isinstance(out, ABNOutput) else out
+        if y.is_floating_point():
+            if attributes is None:
+                attributes = AttributeCounts(y.shape[1])
+            attributes.add_predictions(logits, y)
+        hits_per += correct(logits, y)
         if isinstance(out, ABNOutput):
             is_abn = True
-            hits_per += correct(out.logits, y)
             att_hits += correct(out.att_logits, y)
-            if batch.masks is not None:
+            if batch.masks is not None and batch.masks.dim() == 4:  # one mask per attribute
+                attributes.add_pointing(out.attention, batch.masks)
+            elif batch.masks is not None:
                 has_masks = True
                 hits += pointing_game(out.attention.float().cpu(), batch.masks).sum().item()
-        else:
-            hits_per += correct(out, y)
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluate() got an empty data set")
@@ -63,4 +83,10 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
     }
     if is_abn and has_masks:
         result["pointing_game"] = hits / n
+    if attributes is not None:
+        scores = attribute_metrics(attributes, class_names(loader))
+        result["attributes"] = scores["attributes"]
+        result["mean_balanced_accuracy"] = scores["mean_balanced_accuracy"]
+        if "pointing_game" in scores:
+            result["pointing_game"] = scores["pointing_game"]
     return result
