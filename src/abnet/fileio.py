@@ -15,6 +15,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -24,3 +25,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
