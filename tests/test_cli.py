@@ -177,11 +177,15 @@ def test_demo_writes_grid_and_metrics(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_CONFIG", replace(demo.DEMO_CONFIG, image_size=16, limit_train=64,
                                                       limit_val=32, batch_size=32))
     monkeypatch.setattr(demo, "TEST_IMAGES", 40)
+    monkeypatch.setattr(demo, "EXPLAIN_IMAGES", 12)
     code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
     assert code == 0 and "pointing_game" in out
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert {"accuracy", "pointing_game", "att_accuracy", "n"} <= set(metrics) and metrics["n"] == 40
+    assert {"accuracy", "pointing_game", "att_accuracy", "n", "explain"} <= set(metrics) and metrics["n"] == 40
+    assert [row["method"] for row in metrics["explain"]] == demo.demo_methods()
+    assert all(0 <= row["deletion_auc"] <= 1 and row["images"] == 12 for row in metrics["explain"])
     assert (tmp_path / "demo" / "attention_grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<table" in (tmp_path / "demo" / "explain" / "report.html").read_text()
 
 
 def test_demo_default_folder_never_overwrites(tmp_path, monkeypatch):

@@ -12,11 +12,12 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
 EXIT_USAGE = 2
-DATA_NAMES = "shapes, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
+DATA_NAMES = "shapes, shapes-multi, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "config.json), then the flags given. --resume continues the run in --out.")
     p.add_argument("--model", help="registered model name, e.g. resnet20_abn (see `abnet models`)")
     p.add_argument("--data", help=f"data set name: {DATA_NAMES}")
-    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for shapes)")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
     p.add_argument("--out", help="run folder to create (must be new or empty unless --resume)")
     p.add_argument("--config", help="JSON file of settings; flags given override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
     p.add_argument("--seed", type=non_negative_int, help="(0)")
     p.add_argument("--image-size", type=positive_int,
-                   help="shapes: generated size (32); imagefolder: resize/crop size (224; <= 64 is held in memory)")
+                   help="generated sets: image size (32); imagefolder: resize/crop size (224; <= 64 in memory)")
     p.add_argument("--limit-train", type=positive_int, help="use at most N training images")
     p.add_argument("--limit-val", type=positive_int, help="use at most N validation images")
     p.add_argument("--val-fraction", type=positive_float,
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or last.pt).")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help=f"data set name: {DATA_NAMES}")
-    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for shapes)")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
     p.add_argument("--split", help="split to evaluate (default: test, or val where there is no test split)")
     p.add_argument("--limit", type=positive_int, help="evaluate at most N images")
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -123,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers for large images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("explain", help="attention maps, a report and metrics for images or a data set",
+                       description="Explain a checkpoint's predictions: for each image its attention map(s) laid "
+                                   "over it and the top classes of both branches, as grid.png and a self-contained "
+                                   "report.html; --method adds Grad-CAM-family baselines on the same model and "
+                                   "--metrics scores every method (pointing game, energy, IoU where masks are known; "
+                                   "deletion/insertion AUC). Exit code 2 if some images could not be read.")
+    p.add_argument("checkpoint", help="a run folder, best.safetensors or last.pt")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE|DIR", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for report.html, grid.png and metrics.json")
+    p.add_argument("--method", help="comma-separated: abn (default for ABN models), cam, gradcam, gradcam++, "
+                                    "hirescam, xgradcam, layercam, eigencam (all but abn and cam need "
+                                    "pip install 'abnet[gradcam]')")
+    p.add_argument("--data", help=f"explain a data set instead of files: {DATA_NAMES}")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
+    p.add_argument("--split", help="split of --data (default: test, or val where there is no test split)")
+    p.add_argument("--limit", type=positive_int, help="use at most N images of --data")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
+    p.add_argument("--metrics", action="store_true", help="score every method; writes metrics.json")
+    p.add_argument("--show", type=positive_int, default=48, help="images shown in the report (default 48)")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per branch (default 3)")
+    p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--compile", action="store_true", help="torch.compile the ABN forward (pays off over many images)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("models", help="list registered models", description="List registered model names.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*abn*'")
@@ -142,12 +168,25 @@ Done in {m['seconds']:.0f} s. On {m['n']} held-out test images:
   accuracy       {m['accuracy']:.3f}  share classified correctly by the perception branch
   att_accuracy   {m['att_accuracy']:.3f}  the same for the attention branch's own logits
   pointing_game  {m['pointing_game']:.3f}  share of images whose attention maximum falls on the object
+How ABN's map compares with baselines on the same model ({m['explain'][0]['images']} test images; pointing game and
+energy: higher is better; deletion AUC: lower is better; insertion AUC: higher is better):
+{_table(m['explain'], ('method', 'pointing_game', 'energy_in_mask', 'deletion_auc', 'insertion_auc'))}
 Files in {out}/:
   attention_grid.png  test images, their attention maps laid over them, prediction and truth
+  explain/report.html every method's maps side by side, filterable by class and correctness (open in a browser)
   metrics.json        the figures above
   best.safetensors    the trained weights: abnet eval {out} --data shapes
   metrics.jsonl, train.log, config.json, last.pt   the training run""")
     return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """Rows of figures as an aligned text table, three decimals."""
+    lines = ["  " + "".join(f"{c:>16}" for c in columns)]
+    for row in rows:
+        lines.append("  " + "".join(f"{row[c]:>16.3f}" if isinstance(row.get(c), float) else f"{row.get(c, '-'):>16}"
+                                    for c in columns))
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -175,23 +214,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .data.registry import DataOptions, data_spec, load_dataset, make_loader
+    from .data.registry import data_spec, make_loader
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
-    from .errors import AbnetError
 
-    spec = data_spec(args.data)
     model, meta = load_checkpoint(args.checkpoint)
-    trained_with = meta.get("train_config", {})  # how the checkpoint's data was read
-    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.get("image_size", [None])[0],
-                          seed=args.seed, coarse=trained_with.get("coarse", False),
-                          val_fraction=trained_with.get("val_fraction", 0.1))
-    split = args.split or spec.eval_split(options)
-    data = load_dataset(args.data, split, args.limit, options)
-    if data.num_classes != len(meta["classes"]):
-        raise AbnetError(f"the checkpoint classifies {len(meta['classes'])} classes but {args.data} has "
-                         f"{data.num_classes}; evaluate it on the data set it was trained for ({meta.get('data')})")
-    spec = replace(spec, mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # the model's own normalisation
+    data, split = _checkpoint_data(args, meta)
+    spec = replace(data_spec(args.data), mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # the model's own
     result = {**evaluate(model, make_loader(data, spec, args.batch_size, workers=args.workers)),
               "data": args.data, "split": split, "model": meta["model_config"]["model"]}
     if args.json:
@@ -202,6 +231,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{result['model']} on {args.data}/{split} ({result['n']} images): accuracy "
               f"{result['accuracy']:.4f}  attention-branch accuracy {att}  loss {result['loss']:.4f}{extra}")
     return 0
+
+
+def _checkpoint_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[Any, str]:
+    """The split of ``args.data`` to evaluate or explain a checkpoint on, read the way it was trained."""
+    from .data.registry import DataOptions, data_spec, load_dataset
+    from .errors import AbnetError
+
+    spec = data_spec(args.data)
+    trained_with = meta.get("train_config", {})  # how the checkpoint's data was read
+    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.get("image_size", [None])[0],
+                          seed=args.seed, coarse=trained_with.get("coarse", False),
+                          val_fraction=trained_with.get("val_fraction", 0.1))
+    split = args.split or spec.eval_split(options)
+    data = load_dataset(args.data, split, args.limit, options)
+    if data.num_classes != len(meta["classes"]):
+        raise AbnetError(f"the checkpoint classifies {len(meta['classes'])} classes but {args.data} has "
+                         f"{data.num_classes}; use the data set it was trained for ({meta.get('data')})")
+    return data, split
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import load_checkpoint
+    from .errors import AbnetError
+    from .explain.methods import METHODS, check_method
+    from .explain.run import dataset_inputs, image_files, read_images, run_explain
+
+    if bool(args.inputs) == bool(args.data):
+        raise AbnetError("give image files/folders or --data NAME (one of the two) to explain")
+    methods = [m.strip().lower() for m in args.method.split(",") if m.strip()] if args.method else None
+    for method in methods or ():
+        if method not in METHODS:
+            raise AbnetError(f"unknown method {method!r} in --method; choose from {', '.join(METHODS)}")
+    model, meta = load_checkpoint(args.checkpoint)
+    methods = methods or (["abn"] if hasattr(model, "attention_branch") else ["gradcam"])
+    for method in methods:
+        check_method(model, method)
+    if args.data:
+        data, split = _checkpoint_data(args, meta)
+        inputs, source = dataset_inputs(data, split), f"{args.data}/{split}"
+    else:
+        inputs, source = read_images(image_files(args.inputs), meta["image_size"][0]), "files"
+    info = {"checkpoint": str(args.checkpoint), "model": meta["model_config"]["model"], "data": source}
+    summary = run_explain(model, meta, inputs, args.out, methods, metrics=args.metrics, show=args.show,
+                          top_k=args.top_k, steps=args.steps, batch_size=args.batch_size, compile=args.compile,
+                          info=info)
+    print(f"explained {summary['images']} images with {', '.join(methods)}: "
+          + ", ".join(f"{args.out}/{f}" for f in summary["files"]))
+    for row in summary["metrics"]:
+        print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in row.items() if not isinstance(v, list)))
+    for name, reason in summary["failures"]:
+        print(f"abnet explain: skipped {name}: {reason}", file=sys.stderr)
+    return EXIT_USAGE if summary["failures"] else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ and show where it looked; a few minutes on a 2-core laptop."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import replace
@@ -18,6 +19,7 @@ from .engine.config import TrainConfig
 from .engine.evaluate import evaluate
 from .engine.train import train
 from .explain.overlay import save_grid
+from .explain.run import dataset_inputs, run_explain
 from .fileio import write_text
 
 # The demo recipe: resnet20_abn with the paper's residual mask g*(1+M), a short cosine schedule
@@ -28,6 +30,8 @@ DEMO_CONFIG = TrainConfig(
 )
 TEST_IMAGES = 2000
 GRID_IMAGES = 16
+EXPLAIN_IMAGES = 200  # scored by every method (deletion/insertion: 2 x 9 forward passes each)
+REPORT_IMAGES = 32
 
 
 def default_out_dir(base: str = "abnet-demo") -> Path:
@@ -72,5 +76,15 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int | None = None, progress
         "seconds": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
+    explained = run_explain(model, meta, dataset_inputs(test.subset(slice(0, EXPLAIN_IMAGES)), "test"),
+                            Path(out) / "explain", demo_methods(), metrics=True, show=REPORT_IMAGES, steps=8,
+                            info={"model": cfg.model, "data": "shapes/test"})
+    metrics["explain"] = explained["metrics"]
+    metrics["seconds"] = time.perf_counter() - started
     write_text(Path(out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def demo_methods() -> list[str]:
+    """ABN and CAM always; Grad-CAM and Grad-CAM++ too where pytorch-grad-cam is installed."""
+    return ["abn", "cam"] + (["gradcam", "gradcam++"] if importlib.util.find_spec("pytorch_grad_cam") else [])

@@ -2,8 +2,8 @@
 branches' loss, evaluation each epoch, and a run folder that a crash cannot corrupt.
 
 Run folder: ``config.json`` (resolved settings), ``last.pt`` (resumable state, every epoch),
-``best.safetensors`` (best validation accuracy), ``metrics.jsonl`` (one line per epoch) and
-``train.log``. Batches are a function of (seed, epoch), so ``resume=True`` continues exactly.
+``best.safetensors`` (best validation accuracy, balanced for attributes), ``metrics.jsonl`` (one
+line per epoch) and ``train.log``. Batches are a function of (seed, epoch), so ``resume=True`` continues exactly.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _fit(
     val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
     meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
                       image_size=list(train_set.image_size), data=cfg.data,
-                      train_config=asdict(cfg))
+                      multi_label=train_set.labels.is_floating_point(), train_config=asdict(cfg))
 
     start_epoch, start_step, best = 0, 0, -1.0
     if state is not None:
@@ -222,12 +222,15 @@ def _fit(
             val = evaluate(model, val_loader)
             metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
                        "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
-                       **({"val_pointing_game": val["pointing_game"]} if "pointing_game" in val else {}),
+                       **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val},
                        "lr": lr, "images_per_s": timed / seconds, "seconds": seconds}
-            if val["accuracy"] > best:
-                best = val["accuracy"]
+            # Attributes: balanced accuracy, as plain accuracy rewards calling rare attributes absent.
+            score = val.get("mean_balanced_accuracy", val["accuracy"])
+            if score > best:
+                best = score
                 if job.is_main:
-                    save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy": best})
+                    save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy":
+                                                                  val["accuracy"], "val_score": score})
             checkpoint(epoch + 1, 0)
             if job.is_main:
                 with open(run_dir / "metrics.jsonl", "a") as f:

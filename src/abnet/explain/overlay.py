@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..fileio import atomic_write
@@ -29,28 +28,36 @@ def overlay(images: Tensor, attention: Tensor, alpha: float = 0.5, cmap: str = "
 def save_grid(
     path: str | Path,
     images: Tensor,
-    attention: Tensor,
+    maps: Tensor | Mapping[str, Tensor],
     captions: Sequence[str],
     correct: Sequence[bool] | None = None,
     columns: int = 4,
 ) -> None:
-    """Write a PNG of (image, overlay) pairs with a caption each (green if correct, red if not)."""
+    """Write a PNG of cells, ``columns`` per row: each image, then its overlay for each map, with a caption
+    (green if correct, red if not).
+
+    maps: (N, 1, h, w) for one map per image, or label -> maps (N, 1, h, w) for several (methods, or the
+    attributes of a multi-task ABN); labels head the overlays of the first row.
+    """
     from matplotlib.figure import Figure
 
-    n = len(images)
+    maps = {"": maps} if isinstance(maps, Tensor) else dict(maps)
+    pictures = [images.permute(0, 2, 3, 1).numpy(), *(overlay(images, m) for m in maps.values())]
+    labels = ["", *maps]
+    n, per_cell = len(images), len(pictures)
     rows = max(1, -(-n // columns))
-    fig = Figure(figsize=(columns * 2.6, rows * 1.55), dpi=110)
-    blended = overlay(images, attention)
+    fig = Figure(figsize=(columns * per_cell * 1.3, rows * 1.55), dpi=110)
     for i in range(rows * columns):
-        for j, picture in enumerate((images, blended)):
-            ax = fig.add_subplot(rows, 2 * columns, 2 * i + j + 1)
+        for j, picture in enumerate(pictures):
+            ax = fig.add_subplot(rows, per_cell * columns, per_cell * i + j + 1)
             ax.set_axis_off()
             if i >= n:
                 continue
-            shown = picture[i].permute(1, 2, 0).numpy() if isinstance(picture, torch.Tensor) else picture[i]
-            ax.imshow(shown, interpolation="nearest")
+            ax.imshow(picture[i], interpolation="nearest")
             if j == 0:
                 colour = "black" if correct is None else ("green" if correct[i] else "red")
                 ax.set_title(captions[i], fontsize=7, color=colour, loc="left")
+            elif i < columns and labels[j]:
+                ax.set_title(labels[j], fontsize=7)
     fig.tight_layout(pad=0.3)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -1,0 +1,254 @@
+"""`abnet explain`: maps for image files or a data set, a grid PNG, a self-contained HTML report and,
+on request, localisation and faithfulness metrics for ABN and each baseline on the same model."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+from torch import Tensor, nn
+
+from ..data.folder import IMAGE_EXTENSIONS, FolderIndex, read_rgb, resize_center
+from ..data.loader import normalize
+from ..errors import AbnetError
+from ..fileio import write_text
+from ..models import ABNOutput
+from ..models.inference import inference_model
+from .methods import Explanation, explain, minmax
+from .metrics import deletion_insertion, energy_in_mask, iou_at_threshold, pointing_game
+from .overlay import overlay, save_grid
+from .report import ReportItem, write_report
+
+FAR_FROM_TRAINING_SIZE = 2.0  # a resize by more than this factor either way gets a warning in the note
+
+
+@dataclass
+class Inputs:
+    """Images to explain, resized to the model's input size, with whatever truth is known."""
+
+    images: Tensor  # uint8 (N, 3, S, S)
+    names: list[str]
+    labels: Tensor | None = None  # (N,) class indices or (N, T) 0/1 attributes
+    masks: Tensor | None = None  # (N, H, W) or (N, T, H, W) bool
+    notes: list[str | None] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named, and those in the folders named (recursively, sorted)."""
+    files: list[Path] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            files += sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        elif given.exists():
+            files.append(given)
+        else:
+            raise AbnetError(f"{given} does not exist; give image files or folders of images")
+    if not files:
+        raise AbnetError(f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in {', '.join(map(str, paths))}")
+    return files
+
+
+def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None) -> Inputs:
+    """Decode and resize every file to ``size`` x ``size`` (shorter side, centre crop); unreadable ones are
+    listed in ``failures`` with the reason instead of stopping the run. ``labels``, one per file, are kept
+    for the files read."""
+    images, names, notes, failures, kept = [], [], [], [], []
+    for i, path in enumerate(files):
+        try:
+            img = read_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            failures.append((str(path), f"unreadable image ({type(err).__name__}: {str(err)[:80]})"))
+            continue
+        w, h = img.size
+        note = None
+        if (w, h) != (size, size):
+            scale = size / min(w, h)
+            far = scale > FAR_FROM_TRAINING_SIZE or scale < 1 / FAR_FROM_TRAINING_SIZE
+            note = (f"resized from {w}x{h} to {size}x{size}" + (" (centre crop)" if w != h else "")
+                    + (f"; far from the training size {size}x{size}, maps may be less reliable" if far else ""))
+        images.append(torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1))
+        names.append(path.name)
+        notes.append(note)
+        kept.append(i)
+    stacked = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return Inputs(stacked, names, None if labels is None else labels[kept], notes=notes, failures=failures)
+
+
+def dataset_inputs(data: Any, split: str) -> Inputs:
+    """A data set split (an in-memory ImageSet, or a FolderIndex of files) as inputs with their truth."""
+    if isinstance(data, FolderIndex):
+        return read_images(data.paths, data.size, data.labels)
+    names = [f"{split} #{i}" for i in range(len(data))]
+    return Inputs(data.images, names, data.labels, data.masks, notes=[None] * len(data))
+
+
+@dataclass
+class MethodResult:
+    explanation: Explanation
+    seconds: float
+
+
+def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], fast: nn.Module | None,
+                 batch_size: int) -> dict[str, MethodResult]:
+    """Each method's maps; ``abn`` runs on the fast inference copy, the baselines on the model itself."""
+    results = {}
+    for method in methods:
+        runner = fast if method == "abn" and fast is not None else model
+        started = time.perf_counter()
+        results[method] = MethodResult(explain(runner, x, method, batch_size=batch_size),
+                                       time.perf_counter() - started)
+    return results
+
+
+def probability_fn(fast: nn.Module, multi_label: bool) -> Callable[[Tensor], Tensor]:
+    """Model input -> class probabilities of the perception branch (softmax, or sigmoid per attribute)."""
+
+    def predict(x: Tensor) -> Tensor:
+        out = fast(x)
+        logits = out.logits if isinstance(out, ABNOutput) else out
+        return logits.float().sigmoid() if multi_label else logits.float().softmax(1)
+
+    return predict
+
+
+def method_metrics(results: dict[str, MethodResult], x: Tensor, inputs: Inputs, predict: Callable[[Tensor], Tensor],
+                   steps: int, batch_size: int) -> list[dict[str, Any]]:
+    """One row per method: localisation against masks (when known), deletion/insertion AUC, cost."""
+    rows = []
+    for method, result in results.items():
+        e = result.explanation
+        row: dict[str, Any] = {"method": method, "images": len(x)}
+        maps = minmax(e.maps)  # every method on the same footing: each map spans [0, 1]
+        if e.maps.dim() == 4:  # multi-task: localisation per attribute, over the images that have it
+            row.update(_attribute_localisation(maps, inputs))
+        else:
+            if inputs.masks is not None and inputs.masks.dim() == 3:
+                row["pointing_game"] = pointing_game(maps.unsqueeze(1), inputs.masks).float().mean().item()
+                row["energy_in_mask"] = energy_in_mask(maps.unsqueeze(1), inputs.masks).mean().item()
+                row["iou@0.5"] = iou_at_threshold(maps, inputs.masks).nanmean().item()
+            deletion, insertion = deletion_insertion(predict, x, maps, e.targets, steps=steps, batch_size=batch_size)
+            row["deletion_auc"] = deletion.mean().item()
+            row["insertion_auc"] = insertion.mean().item()
+        row["ms_per_image"] = 1000 * result.seconds / max(1, len(x))
+        rows.append(row)
+    return rows
+
+
+def _attribute_localisation(maps: Tensor, inputs: Inputs) -> dict[str, Any]:
+    """Pointing game and energy per attribute for (N, T, H, W) maps and masks, where the attribute is present."""
+    if inputs.masks is None or inputs.masks.dim() != 4:
+        return {}
+    present = inputs.masks.flatten(2).any(2)  # (N, T)
+    n, t = present.shape
+    hits = pointing_game(maps.reshape(n * t, 1, *maps.shape[2:]), inputs.masks.reshape(n * t, *maps.shape[2:]))
+    energy = energy_in_mask(maps.reshape(n * t, 1, *maps.shape[2:]), inputs.masks.reshape(n * t, *maps.shape[2:]))
+    hits, energy = hits.view(n, t).float(), energy.view(n, t)
+    counts = present.sum(0).clamp_min(1)
+    per_attribute = (hits * present).sum(0) / counts
+    return {"pointing_game": per_attribute[present.any(0)].mean().item(),
+            "energy_in_mask": ((energy * present).sum(0) / counts)[present.any(0)].mean().item(),
+            "pointing_game_per_attribute": per_attribute.tolist()}
+
+
+def _top_k(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> list[tuple[str, float]]:
+    probs = logits.float().sigmoid() if multi_label else logits.float().softmax(0)
+    values, index = probs.topk(min(k, len(classes)))
+    return [(classes[i], v) for i, v in zip(index.tolist(), values.tolist())]
+
+
+def report_items(inputs: Inputs, results: dict[str, MethodResult], classes: list[str], top_k: int,
+                 show: int, multi_label: bool) -> list[ReportItem]:
+    """The first ``show`` images as report entries: image, one overlay per method (or per attribute), top-k."""
+    first = next(iter(results.values())).explanation
+    n = min(show, len(inputs.images))
+    overlays: dict[str, np.ndarray] = {}
+    for method, result in results.items():
+        maps = minmax(result.explanation.maps[:n])
+        if maps.dim() == 4:
+            for t, name in enumerate(classes):
+                overlays[f"{method}: {name}"] = overlay(inputs.images[:n], maps[:, t:t + 1])
+        else:
+            overlays[method] = overlay(inputs.images[:n], maps.unsqueeze(1))
+    items = []
+    for i in range(n):
+        predictions = {"perception": _top_k(first.logits[i], classes, top_k, multi_label)}
+        if first.att_logits is not None:
+            predictions["attention"] = _top_k(first.att_logits[i], classes, top_k, multi_label)
+        truth, correct = _truth(inputs, i, classes, first.logits[i], multi_label)
+        items.append(ReportItem(
+            name=inputs.names[i], image=inputs.images[i].permute(1, 2, 0).numpy(),
+            overlays={label: o[i] for label, o in overlays.items()}, predictions=predictions,
+            truth=truth, correct=correct, note=inputs.notes[i] if inputs.notes else None))
+    return items
+
+
+def _truth(inputs: Inputs, i: int, classes: list[str], logits: Tensor,
+           multi_label: bool) -> tuple[str | None, bool | None]:
+    if inputs.labels is None:
+        return None, None
+    label = inputs.labels[i]
+    if multi_label:
+        present = [classes[t] for t in label.nonzero().flatten().tolist()]
+        return ", ".join(present) or "(none)", bool(((logits > 0) == (label > 0.5)).all())
+    return classes[int(label)], int(logits.argmax()) == int(label)
+
+
+def run_explain(
+    model: nn.Module,
+    meta: dict[str, Any],
+    inputs: Inputs,
+    out: str | Path,
+    methods: Sequence[str] = ("abn",),
+    metrics: bool = False,
+    show: int = 48,
+    top_k: int = 3,
+    steps: int = 16,
+    batch_size: int = 128,
+    compile: bool = False,
+    info: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Explain ``inputs`` with ``model`` by each method and write ``grid.png``, ``report.html`` and, with
+    ``metrics``, ``metrics.json``, into ``out``. Returns a summary (files, metrics rows, failures)."""
+    out = Path(out)
+    if len(inputs.images) == 0:
+        raise AbnetError("none of the images could be read: " + "; ".join(f"{f}: {r}" for f, r in inputs.failures[:3]))
+    classes = list(meta["classes"])
+    x = normalize(inputs.images, tuple(meta["mean"]), tuple(meta["std"]))
+    fast = inference_model(model, compile=compile) if "abn" in methods else None
+    results = compute_maps(model, x, methods, fast, batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    multi_label = bool(meta.get("multi_label")) or next(iter(results.values())).explanation.maps.dim() == 4
+    if metrics:
+        predict = probability_fn(fast or inference_model(model), multi_label)
+        rows = method_metrics(results, x, inputs, predict, steps, batch_size)
+        write_text(out / "metrics.json", json.dumps({"rows": rows, **(info or {})}, indent=2) + "\n")
+    items = report_items(inputs, results, classes, top_k, show, multi_label)
+    grid_maps = {}
+    for method, result in results.items():
+        maps = minmax(result.explanation.maps)
+        if maps.dim() == 4:  # multi-task: one map per attribute
+            grid_maps.update({name: maps[:, t:t + 1] for t, name in enumerate(classes)})
+        else:
+            grid_maps[method] = maps.unsqueeze(1)
+    n_grid = min(len(items), 16 if len(grid_maps) <= 2 else 8)
+    save_grid(out / "grid.png", inputs.images[:n_grid], {k: v[:n_grid] for k, v in grid_maps.items()},
+              [item.name + (f"\n{item.truth}" if item.truth else "") for item in items[:n_grid]],
+              correct=None if inputs.labels is None else [bool(item.correct) for item in items[:n_grid]],
+              columns=max(1, 10 // (1 + len(grid_maps))))
+    report_info = {**(info or {}), "images": str(len(inputs.images)), "methods": ", ".join(methods),
+                   "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    table = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows] or None
+    write_report(out / "report.html", items, title=f"abnet explain: {meta['model_config']['model']}",
+                 metrics=table, failures=inputs.failures, info=report_info)
+    files = ["report.html", "grid.png"] + (["metrics.json"] if metrics else [])
+    return {"files": files, "metrics": rows, "failures": inputs.failures, "images": len(inputs.images)}

@@ -1,0 +1,209 @@
+"""abnet.explain, the baselines, the fast inference copy and `abnet explain`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli import TINY, assert_one_line_error, run_cli
+
+import abnet
+from abnet.cli import main
+from abnet.errors import AbnetError
+from abnet.explain.methods import METHODS, minmax
+from abnet.models.inference import inference_model
+
+BASELINES = [m for m in METHODS if m != "abn"]
+
+
+def _randomise_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics, so folding them into the convs is really tested."""
+    gen = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=gen) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def abn_model():
+    torch.manual_seed(0)
+    return _randomise_batch_norm(abnet.create_model("resnet20_abn", num_classes=4))
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    torch.manual_seed(0)
+    return _randomise_batch_norm(abnet.create_model("resnet20", num_classes=4))
+
+
+def test_abn_maps_have_the_image_size_and_lie_in_unit_range(abn_model):
+    x = torch.randn(3, 3, 24, 24)
+    e = abnet.explain(abn_model, x)
+    assert e.maps.shape == (3, 24, 24) and e.method == "abn"
+    assert 0 <= e.maps.min() and e.maps.max() <= 1
+    with torch.no_grad():
+        out = abn_model(x)
+    assert torch.equal(e.targets, out.logits.argmax(1))
+    torch.testing.assert_close(e.logits, out.logits)
+
+
+def test_abn_method_on_a_plain_model_is_refused(plain_model):
+    with pytest.raises(AbnetError, match="plain classifier"):
+        abnet.explain(plain_model, torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("which", ["abn", "plain"])
+def test_baselines_on_abn_and_plain_models(method, which, abn_model, plain_model):
+    if method != "cam":
+        pytest.importorskip("pytorch_grad_cam")
+    model = abn_model if which == "abn" else plain_model
+    targets = torch.tensor([0, 3])
+    e = abnet.explain(model, torch.randn(2, 3, 16, 16), method, targets=targets)
+    assert e.maps.shape == (2, 16, 16) and torch.equal(e.targets, targets)
+    assert 0 <= e.maps.min() and e.maps.max() <= 1 + 1e-6
+    assert (e.att_logits is not None) == (which == "abn")
+
+
+def test_cam_equals_grad_cam_for_a_pooled_linear_head(plain_model):
+    """With global average pooling and one linear layer, Grad-CAM's channel weights are the classifier's
+    row / (h w): the same map as CAM once both are scaled to [0, 1]."""
+    pytest.importorskip("pytorch_grad_cam")
+    x = torch.randn(4, 3, 32, 32)
+    cam = abnet.explain(plain_model, x, "cam").maps
+    grad_cam = abnet.explain(plain_model, x, "gradcam").maps
+    assert (cam - grad_cam).abs().max() < 0.02
+
+
+def test_a_map_explains_the_class_asked_for(plain_model):
+    x = torch.randn(2, 3, 32, 32)
+    one = abnet.explain(plain_model, x, "cam", targets=torch.tensor([0, 0])).maps
+    other = abnet.explain(plain_model, x, "cam", targets=torch.tensor([1, 1])).maps
+    assert not torch.allclose(one, other)
+
+
+def test_minmax_stretches_each_map():
+    maps = torch.stack([torch.linspace(2, 4, 16).view(4, 4), torch.full((4, 4), 7.0)])
+    out = minmax(maps)
+    assert out[0].min() == 0 and out[0].max() == 1 and torch.equal(out[1], torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("name", ["resnet20_abn", "resnet20", "densenet100_abn", "tv:resnet18_abn"])
+def test_inference_copy_computes_the_same_function_with_batch_norm_folded(name):
+    torch.manual_seed(0)
+    model = _randomise_batch_norm(abnet.create_model(name, num_classes=5))
+    fast = inference_model(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    got = fast(x)
+    assert type(got) is type(expected)
+    for a, b in zip(*((expected, got) if isinstance(got, tuple) else ((expected,), (got,)))):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert count < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.training is False and all(p.requires_grad for p in model.parameters())  # original untouched
+
+
+def test_failing_compile_falls_back_to_the_uncompiled_copy(abn_model, monkeypatch, caplog):
+    def broken(module, **_):
+        def run(_x):
+            raise RuntimeError("no C compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fast = inference_model(abn_model, compile=True)
+    out = fast(torch.randn(2, 3, 16, 16))
+    assert out.attention.shape == (2, 1, 8, 8) and fast.compiled is None
+    assert "torch.compile failed" in caplog.text
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain") / "run"
+    assert main(["train", "--model", "resnet20_abn", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain_plain") / "run"
+    assert main(["train", "--model", "resnet20", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _image_files(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "good.png")
+    Image.fromarray(rng.integers(0, 255, (90, 60), dtype=np.uint8)).save(folder / "big_grey.jpg")  # odd mode, size
+    (folder / "notes.png").write_text("not an image")
+    whole = folder / "cut.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(whole)
+    (folder / "truncated.png").write_bytes(whole.read_bytes()[:60])
+    whole.unlink()
+    return folder
+
+
+def test_explain_files_lists_bad_ones_and_exits_2(run_dir, tmp_path, capsys):
+    images = _image_files(tmp_path / "images")
+    code, out, err = run_cli(capsys, "explain", str(run_dir), str(images), "--out", str(tmp_path / "ex"))
+    assert code == 2
+    assert "explained 2 images" in out
+    assert "notes.png" in err and "truncated.png" in err and "Traceback" not in err
+    html = (tmp_path / "ex" / "report.html").read_text()
+    assert "good.png" in html and "big_grey.jpg" in html and "resized from 60x90 to 16x16" in html
+    assert "notes.png" in html  # listed among the failures
+    assert (tmp_path / "ex" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_data_set_with_metrics(run_dir, tmp_path, capsys):
+    methods = "abn,cam" + (",gradcam,gradcam++" if _has_grad_cam() else "")
+    code, out, _ = run_cli(capsys, "explain", str(run_dir), "--data", "shapes", "--limit", "24", "--metrics",
+                           "--method", methods, "--steps", "4", "--out", str(tmp_path / "ex"))
+    assert code == 0, out
+    rows = json.loads((tmp_path / "ex" / "metrics.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == methods.split(",")
+    for row in rows:
+        assert row["images"] == 24
+        for key in ("pointing_game", "energy_in_mask", "iou@0.5", "deletion_auc", "insertion_auc"):
+            assert 0 <= row[key] <= 1, (row["method"], key)
+    html = (tmp_path / "ex" / "report.html").read_text()
+    assert "deletion_auc" in html and "test #0" in html
+
+
+def test_explain_refuses_abn_method_for_a_plain_checkpoint(plain_run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "explain", str(plain_run), "--data", "shapes", "--limit", "4", "--method", "abn",
+                           "--out", str(tmp_path / "ex"))
+    assert_one_line_error(code, err, "plain classifier")
+    assert not (tmp_path / "ex").exists()
+
+
+def test_explain_plain_checkpoint_defaults_to_a_baseline(plain_run, tmp_path, capsys):
+    pytest.importorskip("pytorch_grad_cam")
+    code, out, _ = run_cli(capsys, "explain", str(plain_run), "--data", "shapes", "--limit", "4",
+                           "--out", str(tmp_path / "ex"))
+    assert code == 0 and "with gradcam" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--method", "magic"], "unknown method 'magic'"),
+    ([], "give image files/folders or --data"),
+])
+def test_explain_usage_errors(run_dir, tmp_path, capsys, argv, needle):
+    data = ["--data", "shapes"] if argv else []
+    code, _, err = run_cli(capsys, "explain", str(run_dir), *data, *argv, "--out", str(tmp_path / "ex"))
+    assert_one_line_error(code, err, needle)
+
+
+def _has_grad_cam() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pytorch_grad_cam") is not None
