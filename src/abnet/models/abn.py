@@ -59,12 +59,12 @@ class BackboneSplit:
 class AttentionBranch(nn.Module):
     """Repeated stage -> BN -> 1x1 conv to K -> BN -> ReLU, then two heads.
 
-    The logit head is a 1x1 conv K->K and a global average pool; the map head a conv to one
-    channel (``map_kernel`` x ``map_kernel``: 3 in the research code, 1 in the paper's figure),
-    BN and a sigmoid.
+    The logit head is a 1x1 conv K->K and a global average pool; the map head a conv to
+    ``num_maps`` channels (``map_kernel`` x ``map_kernel``: 3 in the research code, 1 in the paper's
+    figure), BN and a sigmoid. ``num_maps`` is 1, or one map per task in a multi-task ABN.
     """
 
-    def __init__(self, stage: nn.Module, in_channels: int, num_classes: int, map_kernel: int = 3):
+    def __init__(self, stage: nn.Module, in_channels: int, num_classes: int, map_kernel: int = 3, num_maps: int = 1):
         super().__init__()
         if map_kernel < 1 or map_kernel % 2 == 0:
             raise ValueError(f"map_kernel must be a positive odd number, got {map_kernel}")
@@ -73,8 +73,8 @@ class AttentionBranch(nn.Module):
         self.conv = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         self.bn_class = nn.BatchNorm2d(num_classes)
         self.logit_conv = nn.Conv2d(num_classes, num_classes, 1, bias=False)
-        self.map_conv = nn.Conv2d(num_classes, 1, map_kernel, padding=map_kernel // 2, bias=False)
-        self.map_bn = nn.BatchNorm2d(1)
+        self.map_conv = nn.Conv2d(num_classes, num_maps, map_kernel, padding=map_kernel // 2, bias=False)
+        self.map_bn = nn.BatchNorm2d(num_maps)
         for layer in (self.bn, self.conv, self.bn_class, self.logit_conv, self.map_conv, self.map_bn):
             init_weights(layer)
         # The map starts as a positive mix of the class-evidence maps ("evidence for some class here"),
@@ -84,7 +84,7 @@ class AttentionBranch(nn.Module):
             self.map_conv.weight.abs_()
 
     def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (attention logits (N, K), attention map (N, 1, h, w) in [0, 1])."""
+        """Returns (attention logits (N, K), attention maps (N, num_maps, h, w) in [0, 1])."""
         evidence = F.relu(self.bn_class(self.conv(self.bn(self.stage(g)))))
         att_logits = self.logit_conv(evidence).mean((2, 3))
         attention = torch.sigmoid(self.map_bn(self.map_conv(evidence)))
@@ -141,7 +141,7 @@ class ABN(nn.Module):
 
 
 def _as_map(attention: Tensor, shape: torch.Size) -> Tensor:
-    """A user-given map, (N, 1, h, w), (N, h, w) or (h, w), broadcast to the computed map's shape."""
+    """A user-given map, (N, T, h, w), (N, h, w) or (h, w), broadcast to the computed map's shape (N, T, h, w)."""
     if attention.dim() == 3:
         attention = attention.unsqueeze(1)
     try:
@@ -149,7 +149,7 @@ def _as_map(attention: Tensor, shape: torch.Size) -> Tensor:
     except RuntimeError:
         raise ValueError(
             f"attention of shape {tuple(attention.shape)} does not fit this model's map shape "
-            f"{tuple(shape)}; pass a map of the attention branch's size (N, 1, h, w)"
+            f"{tuple(shape)}; pass a map of the attention branch's size (N, {shape[1]}, h, w)"
         ) from None
 
 
@@ -182,17 +182,38 @@ def _input_size_check(model: nn.Module, x: Tensor):
                          "shrink to nothing; use larger images (its default: abnet.models.model_info(name))") from None
 
 
-def classification_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T)."""
+def classification_loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T).
+
+    ``pos_weight`` (T,) scales each attribute's positive term (see :func:`balanced_pos_weight`); it
+    applies to 0/1 targets only.
+    """
     if target.is_floating_point():
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+    if pos_weight is not None:
+        raise ValueError("pos_weight applies to 0/1 attribute targets (float, (N, T)), not to class indices")
     return F.cross_entropy(logits, target)
 
 
-def abn_loss(output: ABNOutput, target: Tensor, att_weight: float = 1.0) -> Tensor:
+def abn_loss(output: ABNOutput, target: Tensor, att_weight: float = 1.0, pos_weight: Tensor | None = None) -> Tensor:
     """ABN's training loss: the attention branch's loss * att_weight + the perception branch's.
 
     Cross-entropy for class indices; for multi-label 0/1 targets (N, T), e.g. CelebA's attributes,
-    binary cross-entropy per attribute.
+    binary cross-entropy per attribute (also the loss of a multi-task ABN), with the optional
+    per-attribute ``pos_weight`` (T,) on both branches.
     """
-    return att_weight * classification_loss(output.att_logits, target) + classification_loss(output.logits, target)
+    return (att_weight * classification_loss(output.att_logits, target, pos_weight)
+            + classification_loss(output.logits, target, pos_weight))
+
+
+def balanced_pos_weight(labels: Tensor, low: float = 0.1, high: float = 10.0) -> Tensor:
+    """Per-attribute ``pos_weight`` (T,) = negatives / positives in 0/1 ``labels`` (N, T), clamped to [low, high].
+
+    With it, binary cross-entropy weighs an attribute's positives and negatives alike, so that rare
+    attributes (CelebA's Bald: ~2% positive) are not learnt as "always no"; the clamp keeps an attribute
+    with (almost) no positives or negatives in the training labels from dominating the loss.
+    """
+    if labels.dim() != 2 or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty (N, T) 0/1 tensor, got shape {tuple(labels.shape)}")
+    positives = (labels > 0.5).sum(0).float()
+    return ((len(labels) - positives) / positives).clamp(low, high)

@@ -2,7 +2,8 @@
 
 A family registers a *split function* (which stages form the feature extractor, the perception
 branch and the repeated attention stage); :func:`register_pair` turns it into a plain model
-``name`` and an ABN model ``name_abn``, so no family builds the attention branch itself.
+``name``, an ABN model ``name_abn`` and a multi-task ABN ``name_abn_mt`` (one attention map and one
+binary output per task), so no family builds the attention branch itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
+from .multitask import MultiTaskABN
 
 SplitFn = Callable[..., BackboneSplit]
 
@@ -27,12 +29,17 @@ class UnknownModelError(AbnetError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows of a model besides how to build it."""
+    """What the registry knows of a model besides how to build it.
+
+    ``is_multitask``: a :class:`~abnet.models.multitask.MultiTaskABN`, whose ``num_classes`` is the
+    number of binary tasks (attributes); ``is_abn`` is True for it too.
+    """
 
     name: str
     builder: Callable[..., nn.Module]
     is_abn: bool
     input_size: tuple[int, int, int]
+    is_multitask: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -40,7 +47,7 @@ _PREFIXES: dict[str, Callable[[str], ModelInfo | None]] = {}
 
 
 def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int] = (3, 32, 32)) -> None:
-    """Register ``name`` (plain baseline) and ``name_abn`` (ABN) built from one split function.
+    """Register ``name`` (plain), ``name_abn`` (ABN) and ``name_abn_mt`` (multi-task ABN) from one split function.
 
     ``split_fn(num_classes=..., attention=..., **family_kwargs)`` returns a :class:`BackboneSplit`.
     """
@@ -52,10 +59,16 @@ def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int]
         split = split_fn(num_classes=num_classes, attention=True, **kwargs)
         return ABN(split, num_classes, mask=mask, map_kernel=map_kernel)
 
-    for key, builder, is_abn in ((name, plain, False), (f"{name}_abn", abn, True)):
+    def abn_mt(num_classes: int = 10, mask: str = "residual", map_kernel: int = 3, shared: bool = False,
+               **kwargs: Any) -> nn.Module:
+        return MultiTaskABN(split_fn, num_classes, shared=shared, mask=mask, map_kernel=map_kernel, **kwargs)
+
+    entries = ((name, plain, False, False), (f"{name}_abn", abn, True, False), (f"{name}_abn_mt", abn_mt, True, True))
+    for key, *_ in entries:
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is already registered")
-        _REGISTRY[key] = ModelInfo(key, builder, is_abn, input_size)
+    for key, builder, is_abn, is_multitask in entries:
+        _REGISTRY[key] = ModelInfo(key, builder, is_abn, input_size, is_multitask)
 
 
 def register_prefix(prefix: str, resolve: Callable[[str], ModelInfo | None]) -> None:
