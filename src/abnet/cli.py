@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tv:/timm: models: start from ImageNet weights in the local torch/timm cache (no download)")
     p.add_argument("--weights", help="tv:/timm: models: start from this state-dict file (.safetensors or .pt)")
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
+    p.add_argument("--shared-perception", action="store_const", const=True,
+                   help="multi-task models (name_abn_mt): one perception branch for all tasks, not one each")
+    p.add_argument("--pos-weight", choices=("balanced",),
+                   help="attribute data: weigh each attribute's positives by negatives/positives in the training set")
     p.add_argument("--seed", type=non_negative_int, help="(0)")
     p.add_argument("--image-size", type=positive_int,
                    help="generated sets: image size (32); imagefolder: resize/crop size (224; <= 64 in memory)")
@@ -227,7 +231,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         att = "-" if result["att_accuracy"] is None else f"{result['att_accuracy']:.4f}"
-        extra = f"  pointing game {result['pointing_game']:.4f}" if "pointing_game" in result else ""
+        extra = "".join(f"  {key.replace('_', ' ')} {result[key]:.4f}"
+                        for key in ("mean_balanced_accuracy", "pointing_game") if result.get(key) is not None)
         print(f"{result['model']} on {args.data}/{split} ({result['n']} images): accuracy "
               f"{result['accuracy']:.4f}  attention-branch accuracy {att}  loss {result['loss']:.4f}{extra}")
     return 0

@@ -44,6 +44,8 @@ class TrainConfig:
     source: str | None = None  # where a recipe's settings come from (paper, code); kept in config.json
     mask: str = "residual"  # ABN models only
     map_kernel: int = 3  # ABN models only: the map head's conv size
+    shared_perception: bool = False  # multi-task (_abn_mt) models: one perception branch for all tasks
+    pos_weight: str | None = None  # attribute data: "balanced" weighs each attribute's positives by neg/pos
     seed: int = 0
     image_size: int | None = None  # generated data sets only
     limit_train: int | None = None
@@ -76,6 +78,8 @@ class TrainConfig:
             raise AbnetError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.mask not in MASK_MODES:
             raise AbnetError(f"unknown mask mode {self.mask!r}; choose one of {', '.join(MASK_MODES)}")
+        if self.pos_weight not in (None, "balanced"):
+            raise AbnetError(f"pos-weight must be 'balanced' (or left out), got {self.pos_weight!r}")
         if self.map_kernel % 2 == 0:
             raise AbnetError(f"map-kernel must be odd (1, 3, 5, ...), got {self.map_kernel}")
         return self

@@ -15,9 +15,12 @@ from ..models import ABNOutput, abn_loss, classification_loss
 from .attributes import AttributeCounts, attribute_metrics
 
 
-def model_loss(output: ABNOutput | Tensor, target: Tensor) -> Tensor:
-    """ABN loss (both branches) for an ABN, the plain classification loss for a baseline."""
-    return abn_loss(output, target) if isinstance(output, ABNOutput) else classification_loss(output, target)
+def model_loss(output: ABNOutput | Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+    """ABN loss (both branches) for an ABN, the plain classification loss for a baseline; ``pos_weight``
+    (T,) weighs attributes' positives (0/1 targets only)."""
+    if isinstance(output, ABNOutput):
+        return abn_loss(output, target, pos_weight=pos_weight)
+    return classification_loss(output, target, pos_weight)
 
 
 def correct(logits: Tensor, target: Tensor) -> float:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
 from ..errors import AbnetError
 from ..fileio import write_text
-from ..models import create_model, model_info
+from ..models import balanced_pos_weight, create_model, model_info
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
 from .distributed import Distributed, check_batch, setup, shutdown
@@ -39,8 +39,13 @@ log = logging.getLogger("abnet")
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model a config names; ABN-only settings go to ABN models only."""
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if model_info(cfg.model).is_abn:
+    info = model_info(cfg.model)
+    if info.is_abn:
         kwargs.update(mask=cfg.mask, map_kernel=cfg.map_kernel)
+    if info.is_multitask:
+        kwargs.update(shared=cfg.shared_perception)
+    elif cfg.shared_perception:
+        raise AbnetError(f"--shared-perception applies to multi-task models (name_abn_mt), not {cfg.model}")
     if cfg.pretrained or cfg.weights:
         if not cfg.model.startswith(("tv:", "timm:")):
             raise AbnetError(f"--pretrained and --weights apply to tv:<name> and timm:<name> models, not {cfg.model}")
@@ -110,6 +115,11 @@ def _train(
     options = cfg.data_options()  # missing or malformed data fails here, before anything is written
     train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
     val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
+    if model_info(cfg.model).is_multitask and not train_set.labels.is_floating_point():
+        raise AbnetError(f"{cfg.model} learns binary attributes, but {cfg.data} has one class per image; use an "
+                         "attribute data set (celeba, shapes-multi) or a single-task model (name_abn)")
+    if cfg.pos_weight and not train_set.labels.is_floating_point():
+        raise AbnetError(f"--pos-weight applies to attribute data (celeba, shapes-multi), not {cfg.data}")
     torch.manual_seed(cfg.seed)
     initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
     model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
@@ -145,6 +155,8 @@ def _fit(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = Compiled(trained) if cfg.compile else trained
     tensorboard = _tensorboard(run_dir) if job.is_main else None
+    # Training loss only: validation losses stay unweighted, comparable between runs.
+    pos_weight = balanced_pos_weight(train_set.labels).to(device) if cfg.pos_weight == "balanced" else None
     train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
                                channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout,
                                rank=job.rank, world=job.world)
@@ -198,7 +210,7 @@ def _fit(
                     group["lr"] = lr
                 x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                    loss = model_loss(forward(x), y)
+                    loss = model_loss(forward(x), y, pos_weight)
                 # One all-reduce per step (a no-op in one process): the global loss, and whether any process
                 # was asked to stop, so that all processes stop or fail at the same step.
                 loss_total, count, stopping = job.sums(loss.item() * len(y), len(y), stop.signal is not None)
