@@ -207,3 +207,40 @@ def _has_grad_cam() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("pytorch_grad_cam") is not None
+
+
+def _voc(path, width, height, *boxes):
+    objects = "".join(f"<object><name>x</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
+                      f"<ymax>{b[3]}</ymax></bndbox></object>" for b in boxes)
+    path.write_text(f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+                    f"{objects}</annotation>")
+
+
+def test_boxes_follow_the_resize_and_centre_crop(tmp_path):
+    from abnet.data.boxes import boxes_mask, read_voc_boxes
+
+    # A 64x32 image resized to 16: 32x16, then columns 8..23 kept. The box covers its columns 33..64
+    # (1-based), i.e. the right half: columns 16..31 of the resized image, 8..15 of the crop.
+    _voc(tmp_path / "a.xml", 64, 32, (33, 1, 64, 32))
+    size, boxes = read_voc_boxes(tmp_path / "a.xml")
+    assert size == (64, 32) and boxes == [(33.0, 1.0, 64.0, 32.0)]
+    mask = boxes_mask(boxes, 64, 32, 16)
+    assert mask[:, 8:].all() and not mask[:, :8].any()
+    unscaled = boxes_mask([(1, 1, 8, 8)], 16, 16, 16)  # no resize: pixels 0..7
+    assert unscaled.sum() == 64 and unscaled[:8, :8].all()
+
+
+def test_explain_with_boxes_scores_localisation(run_dir, tmp_path, capsys):
+    images, boxes = tmp_path / "images", tmp_path / "boxes"
+    images.mkdir(), boxes.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    _voc(boxes / "a.xml", 40, 40, (1, 1, 20, 20))
+    _voc(boxes / "b.xml", 80, 80, (41, 41, 80, 80))  # stated at twice the size: scaled down to the file's
+    (boxes / "c.xml").write_text("<annotation><broken")
+    code, _, err = run_cli(capsys, "explain", str(run_dir), str(images), "--boxes", str(boxes), "--metrics",
+                           "--method", "abn,cam", "--steps", "2", "--out", str(tmp_path / "ex"))
+    assert code == 2 and "c.png" in err and "not a readable Pascal VOC XML" in err
+    rows = json.loads((tmp_path / "ex" / "metrics.json").read_text())["rows"]
+    assert all(r["images"] == 2 and 0 <= r["pointing_game"] <= 1 and 0 <= r["iou@0.5"] <= 1 for r in rows)

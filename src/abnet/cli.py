@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, help="use at most N images of --data")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
     p.add_argument("--metrics", action="store_true", help="score every method; writes metrics.json")
+    p.add_argument("--boxes", help="folder of object boxes, <image name>.xml in Pascal VOC / ImageNet format, "
+                                   "for localisation scores of image files")
     p.add_argument("--show", type=positive_int, default=48, help="images shown in the report (default 48)")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per branch (default 3)")
     p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
@@ -272,11 +274,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     methods = methods or (["abn"] if hasattr(model, "attention_branch") else ["gradcam"])
     for method in methods:
         check_method(model, method)
+    boxes = Path(args.boxes) if args.boxes else None
+    if boxes is not None and not boxes.is_dir():
+        raise AbnetError(f"--boxes {boxes} is not a folder; give the folder of <image name>.xml box files")
     if args.data:
         data, split = _checkpoint_data(args, meta)
-        inputs, source = dataset_inputs(data, split), f"{args.data}/{split}"
+        inputs, source = dataset_inputs(data, split, boxes), f"{args.data}/{split}"
     else:
-        inputs, source = read_images(image_files(args.inputs), meta["image_size"][0]), "files"
+        inputs, source = read_images(image_files(args.inputs), meta["image_size"][0], boxes_dir=boxes), "files"
     info = {"checkpoint": str(args.checkpoint), "model": meta["model_config"]["model"], "data": source}
     summary = run_explain(model, meta, inputs, args.out, methods, metrics=args.metrics, show=args.show,
                           top_k=args.top_k, steps=args.steps, batch_size=args.batch_size, compile=args.compile,

@@ -16,9 +16,10 @@ import torch
 from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 
+from ..data.boxes import boxes_mask, read_voc_boxes
 from ..data.folder import IMAGE_EXTENSIONS, FolderIndex, read_rgb, resize_center
 from ..data.loader import normalize
-from ..errors import AbnetError
+from ..errors import AbnetError, DataError
 from ..fileio import write_text
 from ..models import ABNOutput
 from ..models.inference import inference_model
@@ -57,11 +58,13 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None) -> Inputs:
+def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None,
+                boxes_dir: Path | None = None) -> Inputs:
     """Decode and resize every file to ``size`` x ``size`` (shorter side, centre crop); unreadable ones are
     listed in ``failures`` with the reason instead of stopping the run. ``labels``, one per file, are kept
-    for the files read."""
-    images, names, notes, failures, kept = [], [], [], [], []
+    for the files read. With ``boxes_dir``, each image's object boxes (``<stem>.xml``, Pascal VOC / ImageNet
+    format) become its mask; an image without a readable box file is listed too."""
+    images, names, notes, failures, kept, masks = [], [], [], [], [], []
     for i, path in enumerate(files):
         try:
             img = read_rgb(path)
@@ -69,6 +72,12 @@ def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None) 
             failures.append((str(path), f"unreadable image ({type(err).__name__}: {str(err)[:80]})"))
             continue
         w, h = img.size
+        if boxes_dir is not None:
+            try:
+                masks.append(_box_mask(boxes_dir / f"{path.stem}.xml", w, h, size))
+            except DataError as err:
+                failures.append((str(path), str(err)))
+                continue
         note = None
         if (w, h) != (size, size):
             scale = size / min(w, h)
@@ -80,13 +89,28 @@ def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None) 
         notes.append(note)
         kept.append(i)
     stacked = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return Inputs(stacked, names, None if labels is None else labels[kept], notes=notes, failures=failures)
+    return Inputs(stacked, names, None if labels is None else labels[kept], torch.stack(masks) if masks else None,
+                  notes=notes, failures=failures)
 
 
-def dataset_inputs(data: Any, split: str) -> Inputs:
+def _box_mask(path: Path, width: int, height: int, size: int) -> Tensor:
+    """The mask of the boxes in ``path`` for a width x height image resized to ``size``."""
+    if not path.is_file():
+        raise DataError(f"no box file {path}")
+    stated, boxes = read_voc_boxes(path)
+    if stated is not None and stated != (width, height):  # boxes drawn on another size of the same image
+        sx, sy = width / stated[0], height / stated[1]
+        boxes = [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
+    return boxes_mask(boxes, width, height, size)
+
+
+def dataset_inputs(data: Any, split: str, boxes_dir: Path | None = None) -> Inputs:
     """A data set split (an in-memory ImageSet, or a FolderIndex of files) as inputs with their truth."""
     if isinstance(data, FolderIndex):
-        return read_images(data.paths, data.size, data.labels)
+        return read_images(data.paths, data.size, data.labels, boxes_dir)
+    if boxes_dir is not None:
+        raise AbnetError("--boxes applies to images read from files (image folders, your own files), not to "
+                         "a data set held in memory")
     names = [f"{split} #{i}" for i in range(len(data))]
     return Inputs(data.images, names, data.labels, data.masks, notes=[None] * len(data))
 

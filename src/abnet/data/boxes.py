@@ -1,0 +1,50 @@
+"""Object boxes in Pascal VOC XML (ImageNet's validation boxes use the same format), as masks aligned with
+images resized the way abnet resizes them, so attention maps can be scored against boxes."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+
+
+def read_voc_boxes(path: str | Path) -> tuple[tuple[int, int] | None, list[tuple[float, float, float, float]]]:
+    """The image size (width, height) the file states, if any, and its boxes (xmin, ymin, xmax, ymax) in pixels."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise DataError(f"{path} is not a readable Pascal VOC XML file ({err})") from None
+    size = None
+    if root.find("size/width") is not None and root.find("size/height") is not None:
+        size = (int(float(root.findtext("size/width"))), int(float(root.findtext("size/height"))))
+    boxes = []
+    for box in root.iter("bndbox"):
+        try:
+            boxes.append(tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: a <bndbox> lacks a number in xmin, ymin, xmax or ymax") from None
+    if not boxes:
+        raise DataError(f"{path} holds no <object><bndbox>: no box to score the map against")
+    return size, boxes
+
+
+def boxes_mask(boxes: list[tuple[float, float, float, float]], width: int, height: int, size: int) -> Tensor:
+    """(size, size) bool mask of the boxes of a width x height image after abnet's resize (shorter side to
+    ``size``, centre crop): a pixel is in when its centre lies in a box."""
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:  # VOC boxes are 1-based and inclusive: pixel x0 .. x1
+        xs = ((x0 - 1) * new_w / width - left, x1 * new_w / width - left)
+        ys = ((y0 - 1) * new_h / height - top, y1 * new_h / height - top)
+        inside_x = (centres >= xs[0]) & (centres <= xs[1])
+        inside_y = (centres >= ys[0]) & (centres <= ys[1])
+        mask |= inside_y.view(-1, 1) & inside_x.view(1, -1)
+    return mask
