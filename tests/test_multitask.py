@@ -201,3 +201,19 @@ def test_training_on_multi_label_data_lowers_the_loss(shared):
         opt.step()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("size, stride", [(4, 1), (4, 2), (5, 2), (12, 1)])
+def test_grouped_conv_matmul_path_equals_the_grouped_convolution(size, stride):
+    """Small outputs run as one batched matrix product, larger ones as a grouped conv: the same numbers."""
+    from abnet.models.multitask import MATMUL_MAX_POSITIONS, GroupedConv2d
+
+    torch.manual_seed(0)
+    layer = GroupedConv2d(torch.nn.Conv2d(6, 5, 3, stride, 1, bias=True), num_tasks=3)
+    torch.nn.init.normal_(layer.layer.weight)
+    torch.nn.init.normal_(layer.layer.bias)
+    x = torch.randn(2 * 3, 6, size, size)
+    expected = torch.nn.functional.conv2d(x.reshape(2, 18, size, size), layer.layer.weight, layer.layer.bias,
+                                          stride, 1, groups=3).reshape(6, 5, *((size - 1) // stride + 1,) * 2)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
+    assert (expected.shape[-1] ** 2 <= MATMUL_MAX_POSITIONS) == (size < 12)  # both paths are exercised

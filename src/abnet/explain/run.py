@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..data.boxes import boxes_mask, read_voc_boxes
 from ..data.folder import IMAGE_EXTENSIONS, FolderIndex, read_rgb, resize_center
 from ..data.loader import normalize
+from ..engine.attributes import attribute_pointing_game
 from ..errors import AbnetError, DataError
 from ..fileio import write_text
 from ..models import ABNOutput
@@ -168,18 +169,17 @@ def method_metrics(results: dict[str, MethodResult], x: Tensor, inputs: Inputs, 
 
 
 def _attribute_localisation(maps: Tensor, inputs: Inputs) -> dict[str, Any]:
-    """Pointing game and energy per attribute for (N, T, H, W) maps and masks, where the attribute is present."""
+    """Pointing game and energy per attribute for (N, T, H, W) maps and masks, over the images that have it."""
     if inputs.masks is None or inputs.masks.dim() != 4:
         return {}
-    present = inputs.masks.flatten(2).any(2)  # (N, T)
-    n, t = present.shape
-    hits = pointing_game(maps.reshape(n * t, 1, *maps.shape[2:]), inputs.masks.reshape(n * t, *maps.shape[2:]))
-    energy = energy_in_mask(maps.reshape(n * t, 1, *maps.shape[2:]), inputs.masks.reshape(n * t, *maps.shape[2:]))
-    hits, energy = hits.view(n, t).float(), energy.view(n, t)
-    counts = present.sum(0).clamp_min(1)
-    per_attribute = (hits * present).sum(0) / counts
-    return {"pointing_game": per_attribute[present.any(0)].mean().item(),
-            "energy_in_mask": ((energy * present).sum(0) / counts)[present.any(0)].mean().item(),
+    hits, counts = attribute_pointing_game(maps, inputs.masks)
+    n, t, h, w = inputs.masks.shape
+    energy = energy_in_mask(maps.reshape(n * t, 1, h, w), inputs.masks.reshape(n * t, h, w)).view(n, t)
+    present = inputs.masks.flatten(2).any(2)
+    seen = counts > 0
+    per_attribute = hits / counts.clamp_min(1)
+    return {"pointing_game": per_attribute[seen].mean().item(),
+            "energy_in_mask": ((energy * present).sum(0) / counts.clamp_min(1))[seen].mean().item(),
             "pointing_game_per_attribute": per_attribute.tolist()}
 
 

@@ -111,7 +111,8 @@ class ABN(nn.Module):
     ``features``, ``attention_branch`` and ``perception`` (hook points, e.g. for Grad-CAM).
     """
 
-    def __init__(self, split: BackboneSplit, num_classes: int, mask: str = "residual", map_kernel: int = 3):
+    def __init__(self, split: BackboneSplit, num_classes: int, mask: str = "residual", map_kernel: int = 3,
+                 num_maps: int = 1):
         super().__init__()
         if mask not in MASK_MODES:
             raise ValueError(f"unknown mask mode {mask!r}; choose one of {', '.join(MASK_MODES)}")
@@ -121,7 +122,7 @@ class ABN(nn.Module):
         self.num_classes = num_classes
         self.features = split.features
         self.attention_branch = AttentionBranch(
-            split.attention_stage, split.attention_channels, num_classes, map_kernel
+            split.attention_stage, split.attention_channels, num_classes, map_kernel, num_maps
         )
         self.perception = split.perception
 
@@ -136,8 +137,11 @@ class ABN(nn.Module):
             attention = computed
         else:
             attention = _as_map(attention, computed.shape).to(dtype=g.dtype)
-        logits = self.perception(apply_mask(g, attention, self.mask))
-        return ABNOutput(logits, att_logits, attention)
+        return ABNOutput(self._perceive(g, attention), att_logits, attention)
+
+    def _perceive(self, g: Tensor, attention: Tensor) -> Tensor:
+        """The perception branch's logits for features g masked by the map(s)."""
+        return self.perception(apply_mask(g, attention, self.mask))
 
 
 def _as_map(attention: Tensor, shape: torch.Size) -> Tensor:

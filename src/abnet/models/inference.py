@@ -29,7 +29,7 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     traced is returned as an eval-mode copy, unfolded, with a log message.
     """
     model = copy.deepcopy(model).eval()
-    concrete = {"attention": None} if _takes_attention(model) else None
+    concrete = {"attention": None} if isinstance(model, ABN) else None
     try:
         traced = torch.fx.symbolic_trace(model, concrete_args=concrete)
     except Exception as err:  # fx cannot trace data-dependent Python control flow; keep the model as is
@@ -37,10 +37,6 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
                  str(err).splitlines()[0][:120])
         return model
     return fuse(traced, inplace=True, no_trace=True)
-
-
-def _takes_attention(model: nn.Module) -> bool:
-    return isinstance(model, ABN) or getattr(model, "num_tasks", None) is not None
 
 
 class InferenceModel(nn.Module):

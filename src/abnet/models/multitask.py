@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .abn import MASK_MODES, ABNOutput, AttentionBranch, BackboneSplit, _as_map, _input_size_check, apply_mask
+from .abn import ABN, BackboneSplit, apply_mask
+
+MATMUL_MAX_POSITIONS = 16  # output positions up to which a grouped conv runs as a batched matrix product
 
 
 class _TaskMajor(nn.Module):
@@ -42,9 +44,11 @@ class _TaskMajor(nn.Module):
 class GroupedConv2d(_TaskMajor):
     """T independent copies of a Conv2d as one convolution with T times the groups.
 
-    An ungrouped, zero-padded conv runs as one batched matrix product over the T copies (unfold, then
-    ``bmm``) instead: CPU grouped convolutions are slower than T separate ones, the batched product is
-    faster than both (2.5x for ResNet-18's last stage at T=10).
+    An ungrouped, zero-padded conv with small outputs (at most :data:`MATMUL_MAX_POSITIONS` positions)
+    runs as one batched matrix product over the T copies (unfold, then ``bmm``) instead: there, CPU
+    grouped convolutions are slower than T separate ones and the product faster than both (2.5x for
+    ResNet-18's last stage at 64x64 input, T=10); on larger maps (8x8, CIFAR ResNets' last stage)
+    unfolding costs more than it saves (2.7x slower) and the grouped convolution is used.
     """
 
     def __init__(self, conv: nn.Conv2d, num_tasks: int):
@@ -56,18 +60,17 @@ class GroupedConv2d(_TaskMajor):
         self.as_matmul = conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.as_matmul:
-            return super().forward(x)
         conv, t = self.layer, self.num_tasks
         n, h, w = x.shape[0] // t, x.shape[2], x.shape[3]
+        out_h = (h + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+        out_w = (w + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1
+        if not self.as_matmul or out_h * out_w > MATMUL_MAX_POSITIONS:
+            return super().forward(x)
         cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (N*T, C*k*k, L)
-        length = cols.shape[-1]
-        cols = cols.view(n, t, -1, length).permute(1, 2, 0, 3).reshape(t, -1, n * length)
+        cols = cols.view(n, t, -1, out_h * out_w).permute(1, 2, 0, 3).reshape(t, -1, n * out_h * out_w)
         y = torch.bmm(conv.weight.reshape(t, conv.out_channels // t, -1), cols)  # (T, out, N*L)
         if conv.bias is not None:
             y = y + conv.bias.view(t, -1, 1)
-        out_h = (h + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
-        out_w = (w + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1
         return y.view(t, -1, n, out_h, out_w).permute(2, 0, 1, 3, 4).reshape(n * t, -1, out_h, out_w)
 
 
@@ -174,7 +177,7 @@ def _load_task(layer: nn.Module, task: int, source: nn.Module) -> None:
                 tensor.view(layer.num_tasks, *src.shape)[task].copy_(src)
 
 
-class MultiTaskABN(nn.Module):
+class MultiTaskABN(ABN):
     """An ABN for T binary tasks (e.g. attributes), with one attention map and one perception computation per task.
 
     ``model(x)`` returns an :class:`~abnet.models.abn.ABNOutput` of perception logits (N, T), attention
@@ -188,24 +191,13 @@ class MultiTaskABN(nn.Module):
 
     def __init__(self, split_fn: Callable[..., BackboneSplit], num_tasks: int, shared: bool = False,
                  mask: str = "residual", map_kernel: int = 3, **family_kwargs: Any):
-        super().__init__()
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
-        if mask not in MASK_MODES:
-            raise ValueError(f"unknown mask mode {mask!r}; choose one of {', '.join(MASK_MODES)}")
         split = split_fn(num_classes=num_tasks if shared else 1, attention=True, **family_kwargs)
-        if split.attention_stage is None:
-            raise ValueError("the backbone split has no attention_stage; build it with attention=True")
+        super().__init__(split, num_tasks, mask, map_kernel, num_maps=num_tasks)
         self.num_tasks = num_tasks
         self.shared = shared
-        self.mask = mask
-        self.features = split.features
-        self.attention_branch = AttentionBranch(
-            split.attention_stage, split.attention_channels, num_tasks, map_kernel, num_maps=num_tasks
-        )
-        if shared:
-            self.perception = split.perception
-        else:
+        if not shared:
             def make(task: int) -> nn.Module:
                 if task == 0:
                     return split.perception
@@ -213,19 +205,9 @@ class MultiTaskABN(nn.Module):
 
             self.perception = group_per_task(make, num_tasks)
 
-    def forward(self, x: Tensor, attention: Tensor | None = None) -> ABNOutput:
-        with _input_size_check(self, x):
-            return self._forward(x, attention)
-
-    def _forward(self, x: Tensor, attention: Tensor | None) -> ABNOutput:
-        g = self.features(x)
-        att_logits, computed = self.attention_branch(g)
-        if attention is None:
-            attention = computed
-        else:
-            attention = _as_map(attention, computed.shape).to(dtype=g.dtype)
+    def _perceive(self, g: Tensor, attention: Tensor) -> Tensor:
+        """Task t's logit from g masked by M_t, all tasks in one batch (task-in-batch rows)."""
         n, t = attention.shape[:2]
         masked = apply_mask(g.unsqueeze(1), attention.unsqueeze(2), self.mask)  # (N, T, C, h, w); T = 1 for "none"
         out = self.perception(masked.expand(n, t, *g.shape[1:]).reshape(n * t, *g.shape[1:]))
-        logits = out.reshape(n, t, t).diagonal(dim1=1, dim2=2) if self.shared else out.reshape(n, t)
-        return ABNOutput(logits, att_logits, attention)
+        return out.reshape(n, t, t).diagonal(dim1=1, dim2=2) if self.shared else out.reshape(n, t)
