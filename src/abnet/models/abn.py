@@ -79,9 +79,12 @@ class AttentionBranch(nn.Module):
             init_weights(layer)
         # The map starts as a positive mix of the class-evidence maps ("evidence for some class here"),
         # where the research code draws signs at random. Same architecture and parameters; on `shapes` it
-        # lifts the pointing game of a short run from ~0.7 to ~0.99 (results/map_init.md).
+        # lifts the pointing game of a short run from ~0.7 to ~0.96 (results/shapes_study.md).
+        # With one map per task, map t starts from task t's evidence alone, so the maps start apart.
         with torch.no_grad():
             self.map_conv.weight.abs_()
+            if num_maps > 1:
+                self.map_conv.weight.mul_(torch.eye(num_maps, num_classes).view(num_maps, num_classes, 1, 1))
 
     def forward(self, g: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (attention logits (N, K), attention maps (N, num_maps, h, w) in [0, 1])."""
