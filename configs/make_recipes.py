@@ -64,10 +64,11 @@ def main() -> None:
         image_size=224, workers=8))
     write("celeba_resnet101_abn_mt", recipe(
         "resnet101_abn_mt", "celeba", "Multi-task ABN on CelebA's 40 attributes (paper); no published backbone or "
-        "schedule: ResNet-101 as in the paper's fine-grained rows, the ImageNet recipe's SGD shortened to 30 epochs (x0.1 at 15 and 25), one "
-        "perception branch shared by the 40 attributes (40 own branches would be 600 M parameters), positives "
-        "weighted per attribute", shared_perception=True, pos_weight="balanced", epochs=30, milestones=[15, 25],
-        weight_decay=1e-4, batch_size=64, image_size=224, workers=8))
+        "schedule: ResNet-101 as in the paper's fine-grained rows, the ImageNet recipe's SGD shortened to 30 "
+        "epochs (x0.1 at 15 and 25), one perception branch shared by the 40 attributes (40 own branches "
+        "would be 600 M parameters), positives weighted per attribute", shared_perception=True,
+        pos_weight="balanced", epochs=30, milestones=[15, 25], weight_decay=1e-4, batch_size=64, image_size=224,
+        workers=8))
 
 
 if __name__ == "__main__":

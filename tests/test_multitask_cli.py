@@ -8,6 +8,7 @@ from test_cli import assert_one_line_error, run_cli
 from abnet.cli import main
 from abnet.engine.checkpoint import load_checkpoint
 
+EPOCHS, TRAIN_IMAGES = 5, 2500
 TINY = ["--data", "shapes-multi", "--image-size", "16", "--limit-train", "64", "--limit-val", "32",
         "--batch-size", "32", "--epochs", "1"]
 
@@ -64,3 +65,40 @@ def test_mismatched_settings_are_refused(tmp_path, capsys, argv, needle):
                            "--out", str(tmp_path / "run"))
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_short_run_beats_the_majority_baseline_on_every_attribute(tmp_path):
+    """A few epochs of a tiny multi-task ABN on shapes-multi: every attribute's balanced accuracy is above
+    0.5, what always answering the majority class scores, and the mean accuracy is above the majority
+    classes' mean. (Plain accuracy per attribute is not the test: the majority class of an attribute
+    present in 28 % of images already scores 0.72.)"""
+    from torch import nn
+
+    import abnet
+    from abnet.data.registry import SHAPES_MULTI, load_dataset, make_loader
+    from abnet.engine.config import TrainConfig
+    from abnet.engine.evaluate import evaluate
+    from abnet.engine.train import train
+    from abnet.models.common import ClassifierHead
+
+    def conv_bn(cin: int, cout: int, stride: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    def tiny_split(num_classes: int, attention: bool) -> abnet.BackboneSplit:
+        features = nn.Sequential(conv_bn(3, 16, 1), conv_bn(16, 32, 2), conv_bn(32, 32, 1))
+        stage = conv_bn(32, 32, 1) if attention else None
+        return abnet.BackboneSplit(features, ClassifierHead(conv_bn(32, 32, 2), 32, num_classes), stage, 32)
+
+    if "mttiny" not in abnet.list_models():
+        abnet.register_pair("mttiny", tiny_split)
+    cfg = TrainConfig(model="mttiny_abn_mt", data="shapes-multi", out=str(tmp_path / "run"), epochs=EPOCHS,
+                      batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine", limit_train=TRAIN_IMAGES,
+                      limit_val=200, pos_weight="balanced")
+    train(cfg, progress=False)
+    model, _ = load_checkpoint(tmp_path / "run")
+    test = load_dataset("shapes-multi", "test", 400, cfg.data_options())
+    result = evaluate(model, make_loader(test, SHAPES_MULTI, 200))
+    majority = (test.labels.mean(0) - 0.5).abs() + 0.5
+    balanced = {name: round(a["balanced_accuracy"], 3) for name, a in result["attributes"].items()}
+    assert min(balanced.values()) > 0.5, balanced
+    assert result["accuracy"] > majority.mean().item()
