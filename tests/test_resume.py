@@ -82,9 +82,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
     calls = {"n": 0}
     real = engine.model_loss
 
-    def loss_that_explodes(output, target):
+    def loss_that_explodes(output, target, pos_weight=None):
         calls["n"] += 1
-        loss = real(output, target)
+        loss = real(output, target, pos_weight)
         return loss * float("nan") if calls["n"] > 3 else loss
 
     monkeypatch.setattr(engine, "model_loss", loss_that_explodes)
