@@ -189,19 +189,25 @@ def _top_k(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> lis
     return [(classes[i], v) for i, v in zip(index.tolist(), values.tolist())]
 
 
+def labelled_maps(results: dict[str, MethodResult], classes: list[str]) -> dict[str, Tensor]:
+    """The maps to show, (N, 1, H, W) each scaled to [0, 1], by label: the method's name, or for a
+    multi-task ABN one per attribute ("abn: eyeglasses")."""
+    shown = {}
+    for method, result in results.items():
+        maps = minmax(result.explanation.maps)
+        if maps.dim() == 4:
+            shown.update({f"{method}: {name}": maps[:, t:t + 1] for t, name in enumerate(classes)})
+        else:
+            shown[method] = maps.unsqueeze(1)
+    return shown
+
+
 def report_items(inputs: Inputs, results: dict[str, MethodResult], classes: list[str], top_k: int,
                  show: int, multi_label: bool) -> list[ReportItem]:
     """The first ``show`` images as report entries: image, one overlay per method (or per attribute), top-k."""
     first = next(iter(results.values())).explanation
     n = min(show, len(inputs.images))
-    overlays: dict[str, np.ndarray] = {}
-    for method, result in results.items():
-        maps = minmax(result.explanation.maps[:n])
-        if maps.dim() == 4:
-            for t, name in enumerate(classes):
-                overlays[f"{method}: {name}"] = overlay(inputs.images[:n], maps[:, t:t + 1])
-        else:
-            overlays[method] = overlay(inputs.images[:n], maps.unsqueeze(1))
+    overlays = {label: overlay(inputs.images[:n], maps[:n]) for label, maps in labelled_maps(results, classes).items()}
     items = []
     for i in range(n):
         predictions = {"perception": _top_k(first.logits[i], classes, top_k, multi_label)}
@@ -257,13 +263,7 @@ def run_explain(
         rows = method_metrics(results, x, inputs, predict, steps, batch_size)
         write_text(out / "metrics.json", json.dumps({"rows": rows, **(info or {})}, indent=2) + "\n")
     items = report_items(inputs, results, classes, top_k, show, multi_label)
-    grid_maps = {}
-    for method, result in results.items():
-        maps = minmax(result.explanation.maps)
-        if maps.dim() == 4:  # multi-task: one map per attribute
-            grid_maps.update({name: maps[:, t:t + 1] for t, name in enumerate(classes)})
-        else:
-            grid_maps[method] = maps.unsqueeze(1)
+    grid_maps = labelled_maps(results, classes)
     n_grid = min(len(items), 16 if len(grid_maps) <= 2 else 8)
     save_grid(out / "grid.png", inputs.images[:n_grid], {k: v[:n_grid] for k, v in grid_maps.items()},
               [item.name + (f"\n{item.truth}" if item.truth else "") for item in items[:n_grid]],
