@@ -244,3 +244,51 @@ def test_explain_with_boxes_scores_localisation(run_dir, tmp_path, capsys):
     assert code == 2 and "c.png" in err and "not a readable Pascal VOC XML" in err
     rows = json.loads((tmp_path / "ex" / "metrics.json").read_text())["rows"]
     assert all(r["images"] == 2 and 0 <= r["pointing_game"] <= 1 and 0 <= r["iou@0.5"] <= 1 for r in rows)
+
+
+def test_boxes_stated_for_another_image_size_are_rescaled(tmp_path):
+    from abnet.explain.run import read_images
+
+    (tmp_path / "boxes").mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    _voc(tmp_path / "boxes" / "a.xml", 4, 4, (3, 1, 4, 4))  # the right half of a 4x4 image
+    inputs = read_images([tmp_path / "a.png"], 40, boxes_dir=tmp_path / "boxes")
+    assert inputs.masks[0][:, 20:].all() and not inputs.masks[0][:, :20].any()
+
+
+@pytest.mark.parametrize("size", ["<width></width><height>4</height>", "<width>x</width><height>4</height>"])
+def test_a_malformed_box_file_is_a_data_error(tmp_path, size):
+    from abnet.data.boxes import read_voc_boxes
+    from abnet.errors import DataError
+
+    (tmp_path / "a.xml").write_text(f"<annotation><size>{size}</size><object><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                                    "<xmax>2</xmax><ymax>2</ymax></bndbox></object></annotation>")
+    if "x</width>" in size:
+        with pytest.raises(DataError, match="not a number"):
+            read_voc_boxes(tmp_path / "a.xml")
+    else:
+        assert read_voc_boxes(tmp_path / "a.xml")[0] is None  # an empty size counts as not stated
+
+
+@pytest.mark.parametrize("method", ["abn", "cam"])
+def test_explain_runs_in_eval_mode_and_leaves_the_model_as_it_was(method):
+    torch.manual_seed(0)
+    model = abnet.create_model("resnet20_abn", num_classes=3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 16, 16)
+    e = abnet.explain(model, x, method)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(e.logits, model.eval()(x).logits)
+
+
+def test_attribute_checkpoints_without_the_multi_label_key_still_explain(tmp_path):
+    from abnet.data.shapes import make_shapes_multi
+    from abnet.explain.run import dataset_inputs, run_explain
+
+    data = make_shapes_multi(6, 16, split="test")
+    model = abnet.create_model("resnet20_abn", num_classes=len(data.classes)).eval()
+    meta = {"classes": data.classes, "mean": [0.5] * 3, "std": [0.25] * 3, "model_config": {"model": "resnet20_abn"}}
+    summary = run_explain(model, meta, dataset_inputs(data, "test"), tmp_path / "ex", metrics=True, steps=2)
+    assert summary["images"] == 6 and "circle" in (tmp_path / "ex" / "report.html").read_text()

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "over it and the top classes of both branches, as grid.png and a self-contained "
                                    "report.html; --method adds Grad-CAM-family baselines on the same model and "
                                    "--metrics scores every method (pointing game, energy, IoU where masks are known; "
-                                   "deletion/insertion AUC). Exit code 2 if some images could not be read.")
+                                   "deletion/insertion AUC for single-task models). Exit code 2 if some images could "
+                                   "not be read. Images are held in memory: use --limit on large data sets.")
     p.add_argument("checkpoint", help="a run folder, best.safetensors or last.pt")
     p.add_argument("inputs", nargs="*", metavar="IMAGE|DIR", help="image files or folders of images")
     p.add_argument("--out", required=True, help="folder for report.html, grid.png and metrics.json")

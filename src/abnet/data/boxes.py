@@ -20,8 +20,12 @@ def read_voc_boxes(path: str | Path) -> tuple[tuple[int, int] | None, list[tuple
     except (ET.ParseError, OSError) as err:
         raise DataError(f"{path} is not a readable Pascal VOC XML file ({err})") from None
     size = None
-    if root.find("size/width") is not None and root.find("size/height") is not None:
-        size = (int(float(root.findtext("size/width"))), int(float(root.findtext("size/height"))))
+    try:
+        stated = (int(float(root.findtext("size/width") or 0)), int(float(root.findtext("size/height") or 0)))
+    except ValueError:
+        raise DataError(f"{path}: <size> holds a width or height that is not a number") from None
+    if min(stated) > 0:  # an absent or zero size means "not stated"
+        size = stated
     boxes = []
     for box in root.iter("bndbox"):
         try:

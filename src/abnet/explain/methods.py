@@ -55,12 +55,20 @@ def explain(model: nn.Module, images: Tensor, method: str = "abn", targets: Tens
 
     ``abn`` needs an ABN; the baselines work on an ABN (on its perception branch, which reads the
     ABN's own map) and on a plain model of abnet's zoo or ``abnet.wrap``. ``model`` may be the fast
-    copy from :func:`abnet.models.inference.inference_model` for ``abn``.
+    copy from :func:`abnet.models.inference.inference_model` for ``abn``. The model runs in eval mode and
+    is left in the mode it was in.
     """
     check_method(model, method)
-    parts = [_explain_batch(model, images[i:i + batch_size], method,
-                            None if targets is None else targets[i:i + batch_size])
-             for i in range(0, len(images), batch_size)]
+    if len(images) == 0:
+        raise AbnetError("no images to explain")
+    was_training = model.training
+    model.eval()  # maps and predictions of the trained model, batch-norm statistics untouched
+    try:
+        parts = [_explain_batch(model, images[i:i + batch_size], method,
+                                None if targets is None else targets[i:i + batch_size])
+                 for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
     return Explanation(
         maps=torch.cat([p.maps for p in parts]),
         logits=torch.cat([p.logits for p in parts]),

@@ -100,8 +100,8 @@ def _box_mask(path: Path, width: int, height: int, size: int) -> Tensor:
         raise DataError(f"no box file {path}")
     stated, boxes = read_voc_boxes(path)
     if stated is not None and stated != (width, height):  # boxes drawn on another size of the same image
-        sx, sy = width / stated[0], height / stated[1]
-        boxes = [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
+        sx, sy = width / stated[0], height / stated[1]  # 1-based inclusive: pixel x0 starts at x0 - 1
+        boxes = [((x0 - 1) * sx + 1, (y0 - 1) * sy + 1, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
     return boxes_mask(boxes, width, height, size)
 
 
@@ -257,7 +257,9 @@ def run_explain(
     results = compute_maps(model, x, methods, fast, batch_size)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    multi_label = bool(meta.get("multi_label")) or next(iter(results.values())).explanation.maps.dim() == 4
+    # Attribute data: from the checkpoint, or (checkpoints written before it said so) from the labels or maps.
+    multi_label = bool(meta.get("multi_label")) or next(iter(results.values())).explanation.maps.dim() == 4 or (
+        inputs.labels is not None and inputs.labels.is_floating_point())
     if metrics:
         predict = probability_fn(fast or inference_model(model), multi_label)
         rows = method_metrics(results, x, inputs, predict, steps, batch_size)

@@ -26,7 +26,8 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every conv -> batch-norm pair folded into one conv.
 
     Traced with torch.fx (an ABN with its computed map, ``attention=None``). A model that cannot be
-    traced is returned as an eval-mode copy, unfolded, with a log message.
+    traced is returned as an eval-mode copy, unfolded, with a log message: so far multi-task ABNs, whose
+    task-in-batch reshapes depend on the batch size.
     """
     model = copy.deepcopy(model).eval()
     concrete = {"attention": None} if isinstance(model, ABN) else None
