@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..data.folder import FolderLoader
 from ..data.loader import InMemoryLoader
 from ..explain.metrics import pointing_game
-from ..models import ABNOutput, abn_loss, classification_loss
+from ..models import ABNOutput, abn_loss, classification_loss, perception_logits
 from .attributes import AttributeCounts, attribute_metrics
 
 
@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
         y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)
-        logits = out.logits if isinstance(out, ABNOutput) else out
+        logits = perception_logits(out)
         if y.is_floating_point():
             if attributes is None:
                 attributes = AttributeCounts(y.shape[1])
@@ -71,7 +71,7 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
             is_abn = True
             att_hits += correct(out.att_logits, y)
             if batch.masks is not None and batch.masks.dim() == 4:  # one mask per attribute
-                attributes.add_pointing(out.attention, batch.masks)
+                attributes.add_pointing(out.attention.float().cpu(), batch.masks)
             elif batch.masks is not None:
                 has_masks = True
                 hits += pointing_game(out.attention.float().cpu(), batch.masks).sum().item()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AbnetError
-from ..models import ABNOutput
+from ..models import ABNOutput, perception_logits
 from .metrics import upsample_maps
 
 # Our name -> the pytorch-grad-cam class that computes it.
@@ -120,6 +120,12 @@ def _explain_batch(model: nn.Module, x: Tensor, method: str, targets: Tensor | N
     return _grad_cam(model, x, method, targets)
 
 
+def _branch_logits(out: ABNOutput | Tensor) -> tuple[Tensor, Tensor | None]:
+    """(perception logits, attention-branch logits or None for a plain model), as float32."""
+    att = out.att_logits.float() if isinstance(out, ABNOutput) else None
+    return perception_logits(out).float(), att
+
+
 def _chosen(logits: Tensor, targets: Tensor | None) -> Tensor:
     return logits.argmax(1) if targets is None else targets.to(logits.device)
 
@@ -168,8 +174,7 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
-        return out.logits if isinstance(out, ABNOutput) else out
+        return perception_logits(self.model(x))
 
 
 def _cam(model: nn.Module, x: Tensor, targets: Tensor | None) -> Explanation:
@@ -180,14 +185,13 @@ def _cam(model: nn.Module, x: Tensor, targets: Tensor | None) -> Explanation:
     try:
         with torch.no_grad():
             out = model(x)
-            logits = out.logits if isinstance(out, ABNOutput) else out
+            logits, att = _branch_logits(out)
             chosen = _chosen(logits, targets)
             cams = F.relu(torch.einsum("nkhw,nk->nhw", seen[-1].float(), fc.weight[chosen].float()))
     finally:
         hook.remove()
     maps = minmax(upsample_maps(cams.unsqueeze(1), tuple(x.shape[2:])))
-    att = out.att_logits.float() if isinstance(out, ABNOutput) else None
-    return Explanation(maps, logits.float(), att, chosen, "cam")
+    return Explanation(maps, logits, att, chosen, "cam")
 
 
 def _grad_cam(model: nn.Module, x: Tensor, method: str, targets: Tensor | None) -> Explanation:
@@ -196,10 +200,9 @@ def _grad_cam(model: nn.Module, x: Tensor, method: str, targets: Tensor | None) 
 
     with torch.inference_mode():
         out = model(x)
-    logits = out.logits if isinstance(out, ABNOutput) else out
+    logits, att = _branch_logits(out)
     chosen = _chosen(logits, targets)
     cam_class = getattr(pytorch_grad_cam, GRAD_CAM_METHODS[method])
     with cam_class(model=_Logits(model), target_layers=[target_layer(model)]) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in chosen])
-    att = out.att_logits.float() if isinstance(out, ABNOutput) else None
-    return Explanation(torch.from_numpy(maps).float().clamp(0, 1), logits.float(), att, chosen, method)
+    return Explanation(torch.from_numpy(maps).float().clamp(0, 1), logits, att, chosen, method)

@@ -22,7 +22,7 @@ from ..data.loader import normalize
 from ..engine.attributes import attribute_pointing_game
 from ..errors import AbnetError, DataError
 from ..fileio import write_text
-from ..models import ABNOutput
+from ..models import perception_logits
 from ..models.inference import inference_model
 from .methods import Explanation, explain, minmax
 from .metrics import deletion_insertion, energy_in_mask, iou_at_threshold, pointing_game
@@ -138,9 +138,7 @@ def probability_fn(fast: nn.Module, multi_label: bool) -> Callable[[Tensor], Ten
     """Model input -> class probabilities of the perception branch (softmax, or sigmoid per attribute)."""
 
     def predict(x: Tensor) -> Tensor:
-        out = fast(x)
-        logits = out.logits if isinstance(out, ABNOutput) else out
-        return logits.float().sigmoid() if multi_label else logits.float().softmax(1)
+        return probabilities(perception_logits(fast(x)), multi_label)
 
     return predict
 
@@ -183,9 +181,13 @@ def _attribute_localisation(maps: Tensor, inputs: Inputs) -> dict[str, Any]:
             "pointing_game_per_attribute": per_attribute.tolist()}
 
 
+def probabilities(logits: Tensor, multi_label: bool) -> Tensor:
+    """Class probabilities over the last dimension: softmax, or a sigmoid per attribute."""
+    return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
+
+
 def _top_k(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> list[tuple[str, float]]:
-    probs = logits.float().sigmoid() if multi_label else logits.float().softmax(0)
-    values, index = probs.topk(min(k, len(classes)))
+    values, index = probabilities(logits, multi_label).topk(min(k, len(classes)))
     return [(classes[i], v) for i, v in zip(index.tolist(), values.tolist())]
 
 

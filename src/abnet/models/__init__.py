@@ -13,6 +13,7 @@ from .abn import (
     apply_mask,
     balanced_pos_weight,
     classification_loss,
+    perception_logits,
 )
 from .multitask import MultiTaskABN, group_per_task
 from .registry import UnknownModelError, create_model, list_models, model_info, register_pair, register_prefix
@@ -20,7 +21,7 @@ from .wrap import split_backbone, stages_of, wrap  # registers the "tv:" prefix
 
 __all__ = [
     "ABN", "MASK_MODES", "ABNOutput", "AttentionBranch", "BackboneSplit", "Classifier", "abn_loss", "apply_mask",
-    "balanced_pos_weight", "classification_loss", "MultiTaskABN", "group_per_task",
+    "balanced_pos_weight", "classification_loss", "perception_logits", "MultiTaskABN", "group_per_task",
     "UnknownModelError", "create_model", "list_models", "model_info", "register_pair", "register_prefix",
     "split_backbone", "stages_of", "wrap",
 ]

@@ -189,6 +189,11 @@ def _input_size_check(model: nn.Module, x: Tensor):
                          "shrink to nothing; use larger images (its default: abnet.models.model_info(name))") from None
 
 
+def perception_logits(output: ABNOutput | Tensor) -> Tensor:
+    """The prediction in a model's output: an ABN's perception logits, or a plain model's logits."""
+    return output.logits if isinstance(output, ABNOutput) else output
+
+
 def classification_loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
     """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T).
 
