@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 import abnet
-from abnet.explain.metrics import upsample_maps
+from abnet.metrics import upsample_maps
 from abnet.models.inference import inference_model
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import n_params, params_without_gradient
 from torch import nn
 
 import abnet
@@ -32,10 +33,6 @@ SMALL_MODELS = [
     ("densenet100", {}, 8),
     ("resnext29_8x64d", {"depth": 11, "cardinality": 2, "base_width": 4}, 16),
 ]
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name, expected", RESEARCH_ABN_PARAMS.items())
@@ -76,10 +73,7 @@ def test_plain_model_returns_logits(name, kwargs, side):
 def test_every_parameter_gets_a_gradient(name, kwargs, side):
     torch.manual_seed(0)
     model = abnet.create_model(f"{name}_abn", num_classes=4, **kwargs)
-    out = model(torch.randn(4, 3, 32, 32))
-    abnet.abn_loss(out, torch.tensor([0, 1, 2, 3])).backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == []
+    assert params_without_gradient(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])) == []
 
 
 def test_attention_stage_repeats_the_last_stage():

@@ -1,47 +1,20 @@
 """The command line: one-line errors with exit code 2, nothing overwritten, safe checkpoint loading."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import TINY_ARGS, assert_one_line_error, run_cli
 
 import abnet
-from abnet.cli import main
 from abnet.engine.checkpoint import model_meta, save_weights
 
-TINY = ["--data", "shapes", "--image-size", "16", "--limit-train", "64", "--limit-val", "32", "--batch-size", "32"]
 
-
-def run_cli(capsys, *argv):
-    """Run `abnet argv...` in-process; returns (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse usage errors and --help
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--model", "resnet20_abn", *TINY, "--epochs", "1", "--out", str(out)]) == 0
-    return out
-
-
-def test_train_then_eval_json(trained, capsys):
-    code, out, _ = run_cli(capsys, "eval", str(trained), "--data", "shapes", "--limit", "50", "--json")
+def test_train_then_eval_json(abn_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(abn_run), "--data", "shapes", "--limit", "50", "--json")
     assert code == 0
     result = json.loads(out)
     assert {"accuracy", "att_accuracy", "loss", "n", "pointing_game"} <= set(result)
@@ -49,7 +22,7 @@ def test_train_then_eval_json(trained, capsys):
 
 
 def test_unknown_model_suggests_names(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "train", "--model", "resnet20abn", *TINY, "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20abn", *TINY_ARGS, "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "unknown model", "resnet20_abn")
     assert not (tmp_path / "r").exists()
 
@@ -64,7 +37,7 @@ def test_unknown_data_set(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value", [("--epochs", "-3"), ("--batch-size", "0"), ("--lr", "0"),
                                          ("--limit-train", "zero"), ("--seed", "-1")])
 def test_nonsense_numbers(tmp_path, capsys, flag, value):
-    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, flag, value,
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY_ARGS, flag, value,
                            "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, flag)
 
@@ -81,26 +54,23 @@ def test_missing_or_empty_data_folder(tmp_path, capsys):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
-def test_existing_run_folder_is_not_overwritten(trained, capsys):
-    before = {p.name: p.read_bytes() for p in trained.iterdir()}
-    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY, "--out", str(trained))
+def test_existing_run_folder_is_not_overwritten(abn_run, capsys):
+    before = {p.name: p.read_bytes() for p in abn_run.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY_ARGS, "--out", str(abn_run))
     assert_one_line_error(code, err, "already holds files", "--resume")
-    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in abn_run.iterdir()} == before
 
 
-def test_resume_of_another_model_is_refused(trained, capsys):
-    before = {p.name: p.read_bytes() for p in trained.iterdir()}
-    code, _, err = run_cli(capsys, "train", "--model", "resnet32_abn", "--out", str(trained), "--resume",
+def test_resume_of_another_model_is_refused(abn_run, capsys):
+    before = {p.name: p.read_bytes() for p in abn_run.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--model", "resnet32_abn", "--out", str(abn_run), "--resume",
                            "--epochs", "2")
     assert_one_line_error(code, err, "cannot resume")
-    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in abn_run.iterdir()} == before
 
 
-def test_resume_continues_the_run(trained, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(trained, copy)
+def test_resume_continues_the_run(abn_run, tmp_path, capsys):
+    copy = shutil.copytree(abn_run, tmp_path / "copy")
     code, out, _ = run_cli(capsys, "train", "--out", str(copy), "--resume", "--epochs", "2")
     assert code == 0 and json.loads(out)["epoch"] == 2
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
@@ -199,11 +169,8 @@ def test_demo_default_folder_never_overwrites(tmp_path, monkeypatch):
     assert str(default_out_dir()) == "abnet-demo-2"
 
 
-def test_resume_of_a_finished_run_trains_nothing(trained, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "done"
-    shutil.copytree(trained, copy)
+def test_resume_of_a_finished_run_trains_nothing(abn_run, tmp_path, capsys):
+    copy = shutil.copytree(abn_run, tmp_path / "done")
     weights = (copy / "last.pt").read_bytes()
     code, out, err = run_cli(capsys, "train", "--out", str(copy), "--resume")
     assert code == 0 and json.loads(out)["epoch"] == 1 and "already trained all 1 epochs" in err

@@ -2,33 +2,39 @@
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ARGS, break_torch_compile, tiny_config
 
+import abnet
 import abnet.engine.train as engine
 from abnet.cli import main
+from abnet.data.shapes import CLASSES
 from abnet.engine.config import TrainConfig
 
-TINY = dict(model="resnet20_abn", data="shapes", image_size=16, limit_train=64, limit_val=32, batch_size=32,
-            epochs=1)
 
-
-def test_bf16_autocast_on_cpu_trains(tmp_path):
-    metrics = engine.train(TrainConfig(**TINY, amp=True, out=str(tmp_path / "amp")), progress=False)
-    assert metrics["epoch"] == 1 and metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
+@pytest.mark.parametrize("amp, expected", [(False, torch.float32), (True, torch.bfloat16)])
+def test_amp_on_the_cpu_computes_in_bfloat16(tmp_path, amp, expected):
+    """A hook on the first conv records the dtype it computes in while training: bfloat16 with amp, float32
+    without (evaluation is not checked: it may run in either); the weights stay float32, the loss finite."""
+    torch.manual_seed(0)
+    model = abnet.create_model("resnet20_abn", num_classes=len(CLASSES))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
+    metrics = engine.train(tiny_config(tmp_path / "run", amp=amp, device="cpu"), progress=False, model=model)
+    assert {dtype for training, dtype in seen if training} == {expected}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"])
 
 
 def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatch, caplog):
-    def broken_compile(model):
-        def fail(x):
-            raise RuntimeError("no C++ compiler found")
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    break_torch_compile(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="abnet"):
-        metrics = engine.train(TrainConfig(**TINY, compile=True, out=str(tmp_path / "c")), progress=False)
+        metrics = engine.train(tiny_config(tmp_path / "c", compile=True), progress=False)
     assert metrics["epoch"] == 1 and "torch.compile could not compile" in caplog.text
 
 
@@ -44,9 +50,8 @@ def test_device_that_is_not_here_is_a_one_line_error(tmp_path, capsys):
 
 def test_milestones_and_gamma_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["train", "--model", "resnet20_abn", "--data", "shapes", "--image-size", "16", "--limit-train", "64",
-                 "--limit-val", "32", "--epochs", "2", "--milestones", "1", "--gamma", "0.5", "--lr", "0.2",
-                 "--out", str(out)]) == 0
+    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--epochs", "2", "--milestones", "1", "--gamma",
+                 "0.5", "--lr", "0.2", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["milestones"] == [1.0] and config["gamma"] == 0.5
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from abnet.explain.metrics import energy_in_mask, pointing_game
+from abnet.metrics import energy_in_mask, pointing_game
 from abnet.explain.overlay import overlay, save_grid
 
 

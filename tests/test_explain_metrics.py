@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from abnet.explain.metrics import (
+from abnet.metrics import (
     curve_auc,
     deletion_insertion,
     deletion_insertion_curves,

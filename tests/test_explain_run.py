@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, break_torch_compile, randomize_batch_norm, run_cli, save_random_image
 from PIL import Image
-from test_cli import TINY, assert_one_line_error, run_cli
 
 import abnet
-from abnet.cli import main
 from abnet.errors import AbnetError
 from abnet.explain.methods import METHODS, minmax
 from abnet.models.inference import inference_model
@@ -17,27 +16,16 @@ from abnet.models.inference import inference_model
 BASELINES = [m for m in METHODS if m != "abn"]
 
 
-def _randomise_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial running statistics, so folding them into the convs is really tested."""
-    gen = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.rand(module.num_features, generator=gen) - 0.5)
-            module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-            module.weight.data.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def abn_model():
     torch.manual_seed(0)
-    return _randomise_batch_norm(abnet.create_model("resnet20_abn", num_classes=4))
+    return randomize_batch_norm(abnet.create_model("resnet20_abn", num_classes=4))
 
 
 @pytest.fixture(scope="module")
 def plain_model():
     torch.manual_seed(0)
-    return _randomise_batch_norm(abnet.create_model("resnet20", num_classes=4))
+    return randomize_batch_norm(abnet.create_model("resnet20", num_classes=4))
 
 
 def test_abn_maps_have_the_image_size_and_lie_in_unit_range(abn_model):
@@ -95,7 +83,7 @@ def test_minmax_stretches_each_map():
 @pytest.mark.parametrize("name", ["resnet20_abn", "resnet20", "densenet100_abn", "tv:resnet18_abn"])
 def test_inference_copy_computes_the_same_function_with_batch_norm_folded(name):
     torch.manual_seed(0)
-    model = _randomise_batch_norm(abnet.create_model(name, num_classes=5))
+    model = randomize_batch_norm(abnet.create_model(name, num_classes=5))
     fast = inference_model(model)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -110,12 +98,7 @@ def test_inference_copy_computes_the_same_function_with_batch_norm_folded(name):
 
 
 def test_failing_compile_falls_back_to_the_uncompiled_copy(abn_model, monkeypatch, caplog):
-    def broken(module, **_):
-        def run(_x):
-            raise RuntimeError("no C compiler here")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
+    break_torch_compile(monkeypatch)
     fast = inference_model(abn_model, compile=True)
     out = fast(torch.randn(2, 3, 16, 16))
     assert out.attention.shape == (2, 1, 8, 8) and fast.compiled is None
@@ -125,36 +108,21 @@ def test_failing_compile_falls_back_to_the_uncompiled_copy(abn_model, monkeypatc
 # --- the command line -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain") / "run"
-    assert main(["train", "--model", "resnet20_abn", *TINY, "--epochs", "1", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain_plain") / "run"
-    assert main(["train", "--model", "resnet20", *TINY, "--epochs", "1", "--out", str(out)]) == 0
-    return out
-
-
 def _image_files(folder):
     folder.mkdir()
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "good.png")
-    Image.fromarray(rng.integers(0, 255, (90, 60), dtype=np.uint8)).save(folder / "big_grey.jpg")  # odd mode, size
+    save_random_image(folder / "good.png", (16, 16, 3), rng)
+    save_random_image(folder / "big_grey.jpg", (90, 60), rng)  # odd mode, size
     (folder / "notes.png").write_text("not an image")
-    whole = folder / "cut.png"
-    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(whole)
+    whole = save_random_image(folder / "cut.png", (16, 16, 3), rng)
     (folder / "truncated.png").write_bytes(whole.read_bytes()[:60])
     whole.unlink()
     return folder
 
 
-def test_explain_files_lists_bad_ones_and_exits_2(run_dir, tmp_path, capsys):
+def test_explain_files_lists_bad_ones_and_exits_2(abn_run, tmp_path, capsys):
     images = _image_files(tmp_path / "images")
-    code, out, err = run_cli(capsys, "explain", str(run_dir), str(images), "--out", str(tmp_path / "ex"))
+    code, out, err = run_cli(capsys, "explain", str(abn_run), str(images), "--out", str(tmp_path / "ex"))
     assert code == 2
     assert "explained 2 images" in out
     assert "notes.png" in err and "truncated.png" in err and "Traceback" not in err
@@ -164,9 +132,9 @@ def test_explain_files_lists_bad_ones_and_exits_2(run_dir, tmp_path, capsys):
     assert (tmp_path / "ex" / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_explain_data_set_with_metrics(run_dir, tmp_path, capsys):
+def test_explain_data_set_with_metrics(abn_run, tmp_path, capsys):
     methods = "abn,cam" + (",gradcam,gradcam++" if _has_grad_cam() else "")
-    code, out, _ = run_cli(capsys, "explain", str(run_dir), "--data", "shapes", "--limit", "24", "--metrics",
+    code, out, _ = run_cli(capsys, "explain", str(abn_run), "--data", "shapes", "--limit", "24", "--metrics",
                            "--method", methods, "--steps", "4", "--out", str(tmp_path / "ex"))
     assert code == 0, out
     rows = json.loads((tmp_path / "ex" / "metrics.json").read_text())["rows"]
@@ -197,9 +165,9 @@ def test_explain_plain_checkpoint_defaults_to_a_baseline(plain_run, tmp_path, ca
     (["--method", "magic"], "unknown method 'magic'"),
     ([], "give image files/folders or --data"),
 ])
-def test_explain_usage_errors(run_dir, tmp_path, capsys, argv, needle):
+def test_explain_usage_errors(abn_run, tmp_path, capsys, argv, needle):
     data = ["--data", "shapes"] if argv else []
-    code, _, err = run_cli(capsys, "explain", str(run_dir), *data, *argv, "--out", str(tmp_path / "ex"))
+    code, _, err = run_cli(capsys, "explain", str(abn_run), *data, *argv, "--out", str(tmp_path / "ex"))
     assert_one_line_error(code, err, needle)
 
 
@@ -230,16 +198,16 @@ def test_boxes_follow_the_resize_and_centre_crop(tmp_path):
     assert unscaled.sum() == 64 and unscaled[:8, :8].all()
 
 
-def test_explain_with_boxes_scores_localisation(run_dir, tmp_path, capsys):
+def test_explain_with_boxes_scores_localisation(abn_run, tmp_path, capsys):
     images, boxes = tmp_path / "images", tmp_path / "boxes"
     images.mkdir(), boxes.mkdir()
     rng = np.random.default_rng(1)
     for name in ("a", "b", "c"):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{name}.png")
+        save_random_image(images / f"{name}.png", (40, 40, 3), rng)
     _voc(boxes / "a.xml", 40, 40, (1, 1, 20, 20))
     _voc(boxes / "b.xml", 80, 80, (41, 41, 80, 80))  # stated at twice the size: scaled down to the file's
     (boxes / "c.xml").write_text("<annotation><broken")
-    code, _, err = run_cli(capsys, "explain", str(run_dir), str(images), "--boxes", str(boxes), "--metrics",
+    code, _, err = run_cli(capsys, "explain", str(abn_run), str(images), "--boxes", str(boxes), "--metrics",
                            "--method", "abn,cam", "--steps", "2", "--out", str(tmp_path / "ex"))
     assert code == 2 and "c.png" in err and "not a readable Pascal VOC XML" in err
     rows = json.loads((tmp_path / "ex" / "metrics.json").read_text())["rows"]
@@ -247,7 +215,7 @@ def test_explain_with_boxes_scores_localisation(run_dir, tmp_path, capsys):
 
 
 def test_boxes_stated_for_another_image_size_are_rescaled(tmp_path):
-    from abnet.explain.run import read_images
+    from abnet.data.images import read_images
 
     (tmp_path / "boxes").mkdir()
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
@@ -284,11 +252,15 @@ def test_explain_runs_in_eval_mode_and_leaves_the_model_as_it_was(method):
 
 
 def test_attribute_checkpoints_without_the_multi_label_key_still_explain(tmp_path):
+    from abnet.data.images import dataset_inputs
     from abnet.data.shapes import make_shapes_multi
-    from abnet.explain.run import dataset_inputs, run_explain
+    from abnet.explain.run import run_explain
+    from abnet.models.meta import CheckpointMeta
 
     data = make_shapes_multi(6, 16, split="test")
     model = abnet.create_model("resnet20_abn", num_classes=len(data.classes)).eval()
-    meta = {"classes": data.classes, "mean": [0.5] * 3, "std": [0.25] * 3, "model_config": {"model": "resnet20_abn"}}
+    old = {"classes": data.classes, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [16, 16],
+           "model_config": {"model": "resnet20_abn"}}  # no version, no multi_label: written before both
+    meta = CheckpointMeta.from_dict(old, "an old checkpoint")
     summary = run_explain(model, meta, dataset_inputs(data, "test"), tmp_path / "ex", metrics=True, steps=2)
     assert summary["images"] == 6 and "circle" in (tmp_path / "ex" / "report.html").read_text()

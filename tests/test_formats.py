@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import save_random_image
 from PIL import Image
 
 from abnet.cli import main
@@ -74,8 +75,7 @@ def image_folder(root, size=40, per_class=6, val=True):
             d = root / split / name
             d.mkdir(parents=True)
             for i in range(per_class):
-                img = Image.fromarray(RNG.integers(0, 256, (size, size + 4, 3), dtype=np.uint8))
-                img.save(d / f"{i}.{'png' if (i + c) % 2 else 'jpg'}")
+                save_random_image(d / f"{i}.{'png' if (i + c) % 2 else 'jpg'}", (size, size + 4, 3), RNG)
 
 
 ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Smiling", "Eyeglasses"]
@@ -86,7 +86,7 @@ def celeba(root, n=24):
     rows, parts = [], []
     for i in range(1, n + 1):
         name = f"{i:06d}.jpg"
-        Image.fromarray(RNG.integers(0, 256, (54, 44, 3), dtype=np.uint8)).save(root / "img_align_celeba" / name)
+        save_random_image(root / "img_align_celeba" / name, (54, 44, 3), RNG)
         rows.append(name + "".join(f" {v:2d}" for v in RNG.choice([-1, 1], len(ATTRS))))
         parts.append(f"{name} {0 if i <= n // 2 else 1 if i <= 3 * n // 4 else 2}")
     (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRS)}\n" + "\n".join(rows) + "\n")
@@ -183,8 +183,8 @@ def test_fashion_mnist_truncated_idx_is_named(root):
 def test_image_folder_in_memory_with_odd_files(root, caplog):
     image_folder(root)
     d = root / "train" / "cat"
-    Image.fromarray(RNG.integers(0, 256, (20, 20), dtype=np.uint8)).save(d / "grey.png")
-    Image.fromarray(RNG.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    save_random_image(d / "grey.png", (20, 20), RNG)
+    save_random_image(d / "rgba.png", (20, 20, 4), RNG)
     Image.fromarray(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8)).convert("P").save(d / "palette.png")
     Image.fromarray(RNG.integers(0, 65535, (20, 20), dtype=np.uint16)).save(d / "deep.png")
     (d / "corrupt.jpg").write_bytes(b"not an image")

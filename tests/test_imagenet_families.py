@@ -7,6 +7,7 @@ loading and forward tests build real weights, on 64x64 inputs.
 import pytest
 import torch
 import torchvision
+from conftest import n_params, randomize_batch_norm
 
 import abnet
 from abnet.models import imagenet_resnet, se_resnet, vgg  # noqa: F401  (importing a family registers it)
@@ -39,10 +40,6 @@ SE_MAP_HEAD = 1000 * 3 * 3 + 2
 LOADERS = {"resnet": imagenet_resnet.load_torchvision_state_dict, "vgg": vgg.load_torchvision_state_dict}
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def on_meta(name: str, **kwargs) -> torch.nn.Module:
     with torch.device("meta"):
         return abnet.create_model(name, **kwargs)
@@ -54,15 +51,6 @@ def torchvision_model(name: str, **kwargs) -> torch.nn.Module:
 
 def loader(name: str):
     return LOADERS["vgg" if name.startswith("vgg") else "resnet"]
-
-
-def randomize_bn_stats(model: torch.nn.Module) -> None:
-    """Non-trivial running statistics, so that an eval-mode output depends on every BN buffer loading."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
 
 
 def test_families_register_at_imagenet_size_beside_the_cifar_resnets():
@@ -88,8 +76,7 @@ def test_abn_parameter_counts_match_research_code(name, expected):
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16_bn"])
 def test_torchvision_state_dict_loads_and_gives_the_same_output(name):
     torch.manual_seed(0)
-    reference = torchvision_model(name, num_classes=10).eval()
-    randomize_bn_stats(reference)
+    reference = randomize_batch_norm(torchvision_model(name, num_classes=10))
     model = abnet.create_model(name, num_classes=10).eval()
     loader(name)(model, reference.state_dict())
     x = torch.randn(1, 3, 64, 64)
@@ -100,8 +87,7 @@ def test_torchvision_state_dict_loads_and_gives_the_same_output(name):
 def test_torchvision_state_dict_loads_into_the_abn_backbone():
     """With a zero map the residual mask reads g(x) unchanged, so the perception branch is torchvision's net."""
     torch.manual_seed(0)
-    reference = torchvision_model("resnet18", num_classes=10).eval()
-    randomize_bn_stats(reference)
+    reference = randomize_batch_norm(torchvision_model("resnet18", num_classes=10))
     model = abnet.create_model("resnet18_abn", num_classes=10).eval()
     branch_before = {k: v.clone() for k, v in model.attention_branch.state_dict().items()}
     imagenet_resnet.load_torchvision_state_dict(model, reference.state_dict())

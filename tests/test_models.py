@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import n_params, params_without_gradient
 
 import abnet
 from abnet.models import ABNOutput, UnknownModelError
@@ -12,10 +13,6 @@ RESEARCH_PARAMS = {
     "resnet56_abn": 1_588_562,
     "resnet110_abn": 3_056_786,
 }
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name, expected", RESEARCH_PARAMS.items())
@@ -118,10 +115,7 @@ def test_given_map_of_wrong_size_is_a_clear_error():
 def test_every_parameter_gets_a_gradient(mask):
     torch.manual_seed(0)
     model = abnet.create_model("resnet20_abn", num_classes=4, mask=mask)
-    out = model(torch.randn(4, 3, 32, 32))
-    abnet.abn_loss(out, torch.tensor([0, 1, 2, 3])).backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == []
+    assert params_without_gradient(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])) == []
 
 
 def test_in_mask_none_only_the_map_head_gets_no_gradient():

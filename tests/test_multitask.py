@@ -4,16 +4,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import n_params
 from torch import nn
 
 import abnet
 from abnet.models import ABN, BackboneSplit, MultiTaskABN, balanced_pos_weight, group_per_task
 from abnet.models.cifar_resnet import cifar_resnet_split
 from abnet.models.common import ClassifierHead
-
-
-def n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def tiny_split(num_classes: int, attention: bool, norm: type[nn.Module] = nn.BatchNorm2d) -> BackboneSplit:

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_cli import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, register_tiny_cnn, run_cli
 
 from abnet.cli import main
 from abnet.engine.checkpoint import load_checkpoint
@@ -24,7 +24,7 @@ def test_train_records_balanced_accuracy_and_the_model_has_one_map_per_attribute
     row = json.loads((mt_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= row["val_mean_balanced_accuracy"] <= 1 and 0 <= row["val_pointing_game"] <= 1
     model, meta = load_checkpoint(mt_run)
-    assert model.num_tasks == len(meta["classes"]) == 10 and meta["multi_label"] is True
+    assert model.num_tasks == len(meta.classes) == 10 and meta.multi_label is True
     assert json.loads((mt_run / "config.json").read_text())["pos_weight"] == "balanced"
 
 
@@ -72,28 +72,14 @@ def test_a_short_run_beats_the_majority_baseline_on_every_attribute(tmp_path):
     0.5, what always answering the majority class scores, and the mean accuracy is above the majority
     classes' mean. (Plain accuracy per attribute is not the test: the majority class of an attribute
     present in 28 % of images already scores 0.72.)"""
-    from torch import nn
-
-    import abnet
     from abnet.data.registry import SHAPES_MULTI, load_dataset, make_loader
     from abnet.engine.config import TrainConfig
     from abnet.engine.evaluate import evaluate
     from abnet.engine.train import train
-    from abnet.models.common import ClassifierHead
 
-    def conv_bn(cin: int, cout: int, stride: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-    def tiny_split(num_classes: int, attention: bool) -> abnet.BackboneSplit:
-        features = nn.Sequential(conv_bn(3, 16, 1), conv_bn(16, 32, 2), conv_bn(32, 32, 1))
-        stage = conv_bn(32, 32, 1) if attention else None
-        return abnet.BackboneSplit(features, ClassifierHead(conv_bn(32, 32, 2), 32, num_classes), stage, 32)
-
-    if "mttiny" not in abnet.list_models():
-        abnet.register_pair("mttiny", tiny_split)
-    cfg = TrainConfig(model="mttiny_abn_mt", data="shapes-multi", out=str(tmp_path / "run"), epochs=EPOCHS,
-                      batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine", limit_train=TRAIN_IMAGES,
-                      limit_val=200, pos_weight="balanced")
+    cfg = TrainConfig(model=f"{register_tiny_cnn()}_abn_mt", data="shapes-multi", out=str(tmp_path / "run"),
+                      epochs=EPOCHS, batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine",
+                      limit_train=TRAIN_IMAGES, limit_val=200, pos_weight="balanced")
     train(cfg, progress=False)
     model, _ = load_checkpoint(tmp_path / "run")
     test = load_dataset("shapes-multi", "test", 400, cfg.data_options())

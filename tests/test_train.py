@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 from abnet.data.loader import normalize
@@ -10,14 +11,13 @@ from abnet.engine.checkpoint import load_checkpoint, load_state
 from abnet.engine.config import TrainConfig
 from abnet.engine.train import train
 
-TINY = dict(model="resnet20_abn", data="shapes", image_size=16, limit_train=192, limit_val=64, batch_size=32,
-            lr=0.05, schedule="cosine")
+TINY = dict(limit_train=192, limit_val=64, lr=0.05, schedule="cosine")  # on top of conftest.tiny_config
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    metrics = train(TrainConfig(**TINY, epochs=3, out=str(out)), progress=False)
+    metrics = train(tiny_config(out, **TINY, epochs=3), progress=False)
     return out, metrics
 
 
@@ -43,7 +43,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(run):
     state = load_state(out / "last.pt")
     from_state, _ = load_checkpoint(out / "last.pt")
     from_weights, meta = load_checkpoint(out / "best.safetensors")
-    assert meta["classes"] == list(load_dataset("shapes", "val", limit=1).classes)
+    assert list(meta.classes) == list(load_dataset("shapes", "val", limit=1).classes)
     x = normalize(load_dataset("shapes", "val", 8, DataOptions(image_size=16)).images, SHAPES.mean, SHAPES.std)
     # last.pt holds the final weights exactly
     for name, tensor in from_state.state_dict().items():
@@ -59,7 +59,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(run):
 
 def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    train(TrainConfig(**TINY, epochs=2, out=str(straight)), progress=False)
+    train(tiny_config(straight, **TINY, epochs=2), progress=False)
 
     import abnet.engine.train as engine
 
@@ -75,18 +75,17 @@ def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, monk
     monkeypatch.setattr(engine, "evaluate", interrupt_second_evaluation)
     split = tmp_path / "split"
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**TINY, epochs=2, out=str(split)), progress=False)
+        train(tiny_config(split, **TINY, epochs=2), progress=False)
     assert load_state(split / "last.pt")["epoch"] == 1
     monkeypatch.setattr(engine, "evaluate", evaluate)
-    train(TrainConfig(**TINY, epochs=2, out=str(split)), resume=True, progress=False)
+    train(tiny_config(split, **TINY, epochs=2), resume=True, progress=False)
     a, b = load_state(straight / "last.pt")["model"], load_state(split / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (split / "metrics.jsonl").read_text() .count("\n") == 2
 
 
 def test_plain_baseline_trains_too(tmp_path):
-    metrics = train(TrainConfig(**{**TINY, "model": "resnet20"}, epochs=1, out=str(tmp_path / "plain")),
-                    progress=False)
+    metrics = train(tiny_config(tmp_path / "plain", **TINY, model="resnet20"), progress=False)
     assert metrics["val_att_accuracy"] is None and 0 <= metrics["val_accuracy"] <= 1
 
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torchvision
+from conftest import assert_one_line_error, n_params, run_cli, tiny_config
 from safetensors.torch import save_file
 
 import abnet
 from abnet.engine.checkpoint import load_checkpoint
-from abnet.engine.config import TrainConfig
 from abnet.engine.train import train
 from abnet.errors import AbnetError
 from abnet.models import UnknownModelError
@@ -22,18 +22,27 @@ def tv(name: str) -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None).eval()
 
 
-@pytest.mark.parametrize("name", SUPPORTED)
-def test_zero_map_in_residual_mode_gives_the_backbone_output(name):
-    backbone = tv(name)
+@pytest.fixture
+def timm():
+    """The timm module: an optional extra, so its tests skip where it is not installed (the test extra and CI
+    install it); the torchvision tests run either way."""
+    return pytest.importorskip("timm", reason="timm is not installed (pip install 'abnet[timm]')")
+
+
+def check_zero_map_gives_the_backbone_output(backbone: torch.nn.Module, x: torch.Tensor) -> None:
+    """Wrapped with 1000 classes: a zero map (residual mode) reads g(x) unchanged, so the perception branch is
+    the backbone; the map lies in [0, 1]; the wrapped model holds the backbone's parameters exactly once."""
     model = abnet.wrap(backbone, num_classes=1000).eval()
-    x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         out = model(x)
-        zero = model(x, attention=torch.zeros_like(out.attention))
-        assert torch.equal(zero.logits, backbone(x))
-    assert out.attention.min() >= 0 and out.attention.max() <= 1 and out.att_logits.shape == (2, 1000)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(model.features) + count(model.perception) == count(backbone)  # nothing held twice or lost
+        assert torch.equal(model(x, attention=torch.zeros_like(out.attention)).logits, backbone(x))
+    assert out.attention.min() >= 0 and out.attention.max() <= 1 and out.att_logits.shape == (len(x), 1000)
+    assert n_params(model.features) + n_params(model.perception) == n_params(backbone)  # nothing twice or lost
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_zero_map_in_residual_mode_gives_the_backbone_output(name):
+    check_zero_map_gives_the_backbone_output(tv(name), torch.randn(2, 3, 96, 96))
 
 
 def test_weights_are_kept_and_the_attention_stage_is_a_separate_copy():
@@ -99,53 +108,40 @@ def test_weights_from_a_file_and_a_file_of_another_architecture(tmp_path):
         abnet.create_model("tv:resnet18_abn", weights=str(tmp_path / "mnv2.pt"))
 
 
-def test_cli_pretrained_weights_missing_or_misapplied(tmp_path, monkeypatch, capsys):
-    from abnet.cli import main
-
+@pytest.mark.parametrize("model, needle", [("tv:resnet18_abn", "not in the local cache"),
+                                           ("resnet20_abn", "apply to tv:<name> and timm:<name> models")])
+def test_cli_pretrained_weights_missing_or_misapplied(tmp_path, monkeypatch, capsys, model, needle):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     out = tmp_path / "run"
-    assert main(["train", "--model", "tv:resnet18_abn", "--pretrained", "--data", "shapes", "--out", str(out)]) == 2
-    assert "not in the local cache" in capsys.readouterr().err and not out.exists()
-    assert main(["train", "--model", "resnet20_abn", "--pretrained", "--data", "shapes", "--out", str(out)]) == 2
-    assert "apply to tv:<name> and timm:<name> models" in capsys.readouterr().err and not out.exists()
+    code, _, err = run_cli(capsys, "train", "--model", model, "--pretrained", "--data", "shapes", "--out", str(out))
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
 
 
 def test_a_wrapped_model_trains_and_its_checkpoint_rebuilds(tmp_path):
-    cfg = TrainConfig(model="tv:resnet18_abn", data="shapes", out=str(tmp_path / "run"), epochs=1, batch_size=32,
-                      limit_train=64, limit_val=32)
-    train(cfg, progress=False)
+    train(tiny_config(tmp_path / "run", model="tv:resnet18_abn", image_size=None), progress=False)
     model, meta = load_checkpoint(tmp_path / "run")
-    assert meta["model_config"]["model"] == "tv:resnet18_abn" and isinstance(model, abnet.ABN)
+    assert meta.model_name == "tv:resnet18_abn" and isinstance(model, abnet.ABN)
 
 
-# timm is an optional extra: these run where it is installed (the test extra and CI install it).
-timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'abnet[timm]')")
 TIMM_SUPPORTED = ["resnet18", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_100", "regnety_002",
                   "cspresnet50", "ese_vovnet19b_dw", "repvgg_a0", "fastvit_t8"]
 
 
 @pytest.mark.parametrize("name", TIMM_SUPPORTED)
-def test_timm_zero_map_gives_the_backbone_output(name):
+def test_timm_zero_map_gives_the_backbone_output(timm, name):
     torch.manual_seed(0)
     backbone = timm.create_model(name, pretrained=False).eval()
-    model = abnet.wrap(backbone, num_classes=1000).eval()
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        out = model(x)
-        assert torch.equal(model(x, attention=torch.zeros_like(out.attention)).logits, backbone(x))
-    def count(m):
-        return sum(p.numel() for p in m.parameters())
-
-    assert count(model.features) + count(model.perception) == count(backbone)  # nothing held twice or lost
+    check_zero_map_gives_the_backbone_output(backbone, torch.randn(1, 3, 96, 96))
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "levit_128s"])
-def test_timm_models_without_a_plain_stage_sequence_are_refused(name):
+def test_timm_models_without_a_plain_stage_sequence_are_refused(timm, name):
     with pytest.raises(AbnetError, match="cannot wrap"):
         abnet.wrap(timm.create_model(name, pretrained=False), num_classes=10)
 
 
-def test_timm_names_and_local_weights(tmp_path, monkeypatch):
+def test_timm_names_and_local_weights(timm, tmp_path, monkeypatch):
     model = abnet.create_model("timm:resnet18_abn", num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3)

@@ -12,12 +12,18 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 
+if TYPE_CHECKING:
+    from .models.meta import CheckpointMeta
+
 EXIT_USAGE = 2
 DATA_NAMES = "shapes, shapes-multi, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
+CHECKPOINT_HELP = ("a run folder, last.pt, best.safetensors, a save_pretrained or convert folder, or owner/name "
+                   "in the local Hugging Face cache")
+DEVICE_HELP = "auto (default: the GPU if there is one), cpu, cuda, cuda:N"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(ABN models): g*(1+M), g*M or g")
     p.add_argument("--pretrained", action="store_const", const=True,
                    help="tv:/timm: models: start from ImageNet weights in the local torch/timm cache (no download)")
-    p.add_argument("--weights", help="tv:/timm: models: start from this state-dict file (.safetensors or .pt)")
+    p.add_argument("--weights", help="start from these weights (a new run with its own schedule): an abnet run "
+                                     "folder or checkpoint, a research-code model_best.pth.tar, or a tv:/timm: "
+                                     "backbone's state dict")
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
     p.add_argument("--shared-perception", action="store_const", const=True,
                    help="multi-task models (name_abn_mt): one perception branch for all tasks, not one each")
@@ -94,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribute data: weigh each attribute's positives by negatives/positives in the training set")
     p.add_argument("--seed", type=non_negative_int, help="(0)")
     p.add_argument("--image-size", type=positive_int,
-                   help="generated sets: image size (32); imagefolder: resize/crop size (224; <= 64 in memory)")
+                   help="generated sets: image size (32); imagefolder, celeba: resize/crop size (default: the "
+                        "model's input size, e.g. 32 for resnet20_abn, 224 for resnet50_abn; <= 64 in memory)")
     p.add_argument("--limit-train", type=positive_int, help="use at most N training images")
     p.add_argument("--limit-val", type=positive_int, help="use at most N validation images")
     p.add_argument("--val-fraction", type=positive_float,
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse", action="store_const", const=True, help="cifar100: the 20 coarse classes")
     p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
     p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
-    p.add_argument("--device", help="auto (default: the GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--amp", action="store_const", const=True,
                    help="mixed precision: bf16 autocast on CPU (fast only with bf16 instructions), fp16 on CUDA")
     p.add_argument("--compile", action="store_const", const=True,
@@ -114,12 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=positive_float, help="step schedule factor (0.1)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep tensors channels-first (channels_last is faster on CPUs)")
+    p.add_argument("--deterministic", action="store_const", const=True,
+                   help="GPUs: deterministic cuDNN/cuBLAS kernels, so the same seed gives the same numbers "
+                        "(can be slower; CPU runs are deterministic anyway)")
+    p.add_argument("--log-every", type=positive_int,
+                   help="steps between reading the loss back and checking for a stop (1 on CPUs, 50 on GPUs, "
+                        "where every read makes the GPU wait)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set",
-                       description="Evaluate both branches of a checkpoint (a run folder, best.safetensors "
-                                   "or last.pt).")
-    p.add_argument("checkpoint")
+                       description="Evaluate both branches of a checkpoint.")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help=f"data set name: {DATA_NAMES}")
     p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
     p.add_argument("--split", help="split to evaluate (default: test, or val where there is no test split)")
@@ -128,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers for large images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("explain", help="attention maps, a report and metrics for images or a data set",
@@ -137,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--metrics scores every method (pointing game, energy, IoU where masks are known; "
                                    "deletion/insertion AUC for single-task models). Exit code 2 if some images could "
                                    "not be read. Images are held in memory: use --limit on large data sets.")
-    p.add_argument("checkpoint", help="a run folder, best.safetensors or last.pt")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="*", metavar="IMAGE|DIR", help="image files or folders of images")
     p.add_argument("--out", required=True, help="folder for report.html, grid.png and metrics.json")
     p.add_argument("--method", help="comma-separated: abn (default for ABN models), cam, gradcam, gradcam++, "
@@ -156,7 +171,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--compile", action="store_true", help="torch.compile the ABN forward (pays off over many images)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("convert", help="weights trained elsewhere (e.g. the ABN research code) as a model folder",
+                       description="Build --model with the weights of FILE (an abnet checkpoint, a state dict, or "
+                                   "the ABN research code's model_best.pth.tar) and write a save_pretrained folder: "
+                                   "config.json, model.safetensors and a README.md model card, with the research "
+                                   "code's input normalisation and, given --data, the data set's class names. "
+                                   "abnet eval/explain DIR and abnet.from_pretrained(DIR) read it.")
+    p.add_argument("file", help="the weights file")
+    p.add_argument("--model", required=True, help="registered model name of the weights, e.g. resnet110_abn")
+    p.add_argument("--num-classes", type=positive_int, required=True, help="outputs the weights were trained for")
+    p.add_argument("--data", help="data set the weights were trained on, for the class names (cifar10 and cifar100 "
+                                  "need no files; others read --data-root)")
+    p.add_argument("--data-root", help="folder holding --data in its official layout, to read the class names")
+    p.add_argument("--license", help="licence of the weights, for the model card (e.g. mit)")
+    p.add_argument("--out", required=True, help="folder to create (must be new or empty unless --force)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, attention map included",
+                       description="Write a checkpoint's model as one ONNX or TorchScript file. Input `images` "
+                                   "(N, 3, H, W) at the model's input size, normalised as the checkpoint says; "
+                                   "outputs `logits`, `att_logits` and `attention` (N, T, h, w), the map at its own "
+                                   "resolution (T = 1, or one map per task for *_abn_mt models). A plain (non-ABN) "
+                                   "model exports `logits` only. The batch axis is dynamic. Normalisation, class "
+                                   "names and input size are stored in the file (ONNX metadata_props; TorchScript "
+                                   "extra file abnet.json). The file is written only after its outputs were checked "
+                                   "against the model's. ONNX needs pip install 'abnet[onnx]'; TorchScript is "
+                                   "deprecated in PyTorch and loads with torch.jit.load alone.")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="batch inference: one JSON line per image, maps as PNGs",
+                       description="Predict image files or folders (searched recursively) with a checkpoint on "
+                                   "PyTorch or an ONNX file (from `abnet export`) on onnxruntime. Writes one JSON "
+                                   "object per line: path, width, height, the top-k classes with probabilities of "
+                                   "the perception branch and of the attention branch (plain models: perception "
+                                   "only; attribute models: every attribute's probability), and with --maps the "
+                                   "map file(s): 8-bit grayscale PNGs at the image's own size (0 outside the "
+                                   "centre crop the model saw; one per task for *_abn_mt models). Images are "
+                                   "resized as explain does (shorter side, centre crop) and streamed batch by "
+                                   "batch. Unreadable files are skipped and named; the exit code is then 2.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|FILE.onnx", help=CHECKPOINT_HELP + ", or an .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="JSON-lines file to write, e.g. predictions.jsonl")
+    p.add_argument("--maps", help="folder for the attention maps (PNG), mirroring the input folders")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per branch (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list registered models", description="List registered model names.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*abn*'")
@@ -198,22 +265,11 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.config import TrainConfig, read_config
+    from .engine.config import TrainConfig
     from .engine.train import train
-    from .errors import AbnetError
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    if args.resume:
-        if not args.out:
-            raise AbnetError("--resume needs --out, the run folder to continue")
-        values = read_config(Path(args.out) / "config.json")
-    else:
-        values = read_config(args.config) if args.config else {}
-    values.update(given)
-    missing = [name for name in ("model", "data", "out") if name not in values]
-    if missing:
-        raise AbnetError(f"{', '.join('--' + m for m in missing)} required (as flags or in --config)")
-    metrics = train(TrainConfig.from_dict(values), resume=args.resume, force=args.force)
+    metrics = train(TrainConfig.from_sources(given, args.config, args.resume), resume=args.resume, force=args.force)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(metrics))
     return 0
@@ -223,14 +279,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .data.registry import data_spec, make_loader
-    from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
 
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = _load_on_device(args)
     data, split = _checkpoint_data(args, meta)
-    spec = replace(data_spec(args.data), mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # the model's own
+    spec = replace(data_spec(args.data), mean=meta.mean, std=meta.std)  # the model's own
     result = {**evaluate(model, make_loader(data, spec, args.batch_size, workers=args.workers)),
-              "data": args.data, "split": split, "model": meta["model_config"]["model"]}
+              "data": args.data, "split": split, "model": meta.model_name}
     if args.json:
         print(json.dumps(result))
     else:
@@ -242,29 +297,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_data(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[Any, str]:
+def _load_on_device(args: argparse.Namespace) -> tuple[Any, CheckpointMeta]:
+    """The checkpoint's model on ``--device``: a missing device is refused before loading; the weights are read
+    on the CPU (a checkpoint written on a GPU loads anywhere), then moved."""
+    from .engine.checkpoint import load_checkpoint
+    from .engine.device import resolve_device
+
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint)
+    return model.to(device), meta
+
+
+def _checkpoint_data(args: argparse.Namespace, meta: CheckpointMeta) -> tuple[Any, str]:
     """The split of ``args.data`` to evaluate or explain a checkpoint on, read the way it was trained."""
     from .data.registry import DataOptions, data_spec, load_dataset
     from .errors import AbnetError
 
     spec = data_spec(args.data)
-    trained_with = meta.get("train_config", {})  # how the checkpoint's data was read
-    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.get("image_size", [None])[0],
+    trained_with = meta.train_config  # how the checkpoint's data was read
+    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.image_size[0],
                           seed=args.seed, coarse=trained_with.get("coarse", False),
                           val_fraction=trained_with.get("val_fraction", 0.1))
     split = args.split or spec.eval_split(options)
     data = load_dataset(args.data, split, args.limit, options)
-    if data.num_classes != len(meta["classes"]):
-        raise AbnetError(f"the checkpoint classifies {len(meta['classes'])} classes but {args.data} has "
-                         f"{data.num_classes}; use the data set it was trained for ({meta.get('data')})")
+    if data.num_classes != len(meta.classes):
+        raise AbnetError(f"the checkpoint classifies {len(meta.classes)} classes but {args.data} has "
+                         f"{data.num_classes}; use the data set it was trained for ({meta.data})")
     return data, split
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import load_checkpoint
+    from .data.images import dataset_inputs, image_files, read_images
     from .errors import AbnetError
     from .explain.methods import METHODS, check_method
-    from .explain.run import dataset_inputs, image_files, read_images, run_explain
+    from .explain.run import run_explain
 
     if bool(args.inputs) == bool(args.data):
         raise AbnetError("give image files/folders or --data NAME (one of the two) to explain")
@@ -272,7 +338,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for method in methods or ():
         if method not in METHODS:
             raise AbnetError(f"unknown method {method!r} in --method; choose from {', '.join(METHODS)}")
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = _load_on_device(args)
     methods = methods or (["abn"] if hasattr(model, "attention_branch") else ["gradcam"])
     for method in methods:
         check_method(model, method)
@@ -283,8 +349,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         data, split = _checkpoint_data(args, meta)
         inputs, source = dataset_inputs(data, split, boxes), f"{args.data}/{split}"
     else:
-        inputs, source = read_images(image_files(args.inputs), meta["image_size"][0], boxes_dir=boxes), "files"
-    info = {"checkpoint": str(args.checkpoint), "model": meta["model_config"]["model"], "data": source}
+        inputs, source = read_images(image_files(args.inputs), meta.image_size[0], boxes_dir=boxes), "files"
+    info = {"checkpoint": str(args.checkpoint), "model": meta.model_name, "data": source}
     summary = run_explain(model, meta, inputs, args.out, methods, metrics=args.metrics, show=args.show,
                           top_k=args.top_k, steps=args.steps, batch_size=args.batch_size, compile=args.compile,
                           info=info)
@@ -298,6 +364,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_USAGE if summary["failures"] else 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.convert import convert_checkpoint
+
+    folder = convert_checkpoint(args.file, args.model, args.num_classes, args.out, data=args.data,
+                                data_root=args.data_root, license=args.license, overwrite=args.force)
+    print(f"wrote {folder}/ (config.json, model.safetensors, README.md); try: abnet eval {folder} --data "
+          f"{args.data or 'NAME'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export_model
+    from .engine.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    info = export_model(model, meta, args.out, args.format)
+    print(f"wrote {args.out} ({args.format}): input images (N, 3, {info.image_size[0]}, {info.image_size[1]}); "
+          f"outputs {', '.join(info.outputs)}" + (f" (attention: N, {info.num_maps}, h, w)" if info.is_abn else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy import load_predictor, predict_files
+
+    predictor = load_predictor(args.checkpoint, args.device)
+    summary = predict_files(predictor, args.inputs, args.out, maps=args.maps, top_k=args.top_k,
+                            batch_size=args.batch_size, progress=sys.stderr.isatty())
+    for name, reason in summary.failures:
+        print(f"abnet predict: skipped {name}: {reason}", file=sys.stderr)
+    print(f"predicted {summary.images} images into {args.out}" + (f", {summary.maps} maps in {args.maps}/"
+                                                                   if args.maps else ""))
+    return EXIT_USAGE if summary.failures else 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
@@ -308,7 +409,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `abnet` and `python -m abnet`."""
-    from .engine.train import TrainingStopped
+    from .engine.stopping import TrainingStopped  # plain Python: parsing stays free of torch
     from .errors import AbnetError
 
     args = build_parser().parse_args(argv)

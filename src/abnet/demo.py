@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .data.images import dataset_inputs
 from .data.loader import normalize
 from .data.registry import SHAPES, load_dataset, make_loader
 from .engine.checkpoint import WEIGHTS_FILE, load_checkpoint
@@ -19,7 +20,7 @@ from .engine.config import TrainConfig
 from .engine.evaluate import evaluate
 from .engine.train import train
 from .explain.overlay import save_grid
-from .explain.run import dataset_inputs, run_explain
+from .explain.run import run_explain
 from .fileio import write_text
 
 # The demo recipe: resnet20_abn with the paper's residual mask g*(1+M), a short cosine schedule
@@ -72,7 +73,7 @@ def run_demo(out: str | Path, seed: int = 0, epochs: int | None = None, progress
         "mask": cfg.mask,
         "epochs": cfg.epochs,
         "train_images": cfg.limit_train,
-        "best_epoch": meta["epoch"],
+        "best_epoch": meta.epoch,
         "seconds": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,50 @@ class _SafeUnpickler(pickle.Unpickler):
 def read_batch(path: Path) -> dict[str, Any]:
     """One CIFAR pickle as a dict with str keys; a one-line :class:`DataError` if it is not one."""
     try:
-        raw = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        raw = path.read_bytes()
+        _check_sizes(raw)
+        batch = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(f"{path} is missing") from None
     except Exception as err:
-        raise DataError(f"{path} is not a readable CIFAR batch file ({err})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path} is not a CIFAR batch file (it holds a {type(raw).__name__}, not a dict)")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+        raise DataError(f"{path} is not a readable CIFAR batch file ({err}); download it again") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR batch file (it holds a {type(batch).__name__}, not a dict)")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
-def _names(values: list) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+def _check_sizes(raw: bytes) -> None:
+    """Walk the pickle's opcodes, building nothing: a damaged length or memo index fails here. The unpickler
+    would first reserve what they claim (the bytes a length counts, a memo table up to the index), gigabytes
+    for a few flipped bits; here a length must fit in the file (the walk reads it) and an index lie below
+    the opcode's own position (each earlier opcode stores at most one memo entry)."""
+    for op, arg, pos in pickletools.genops(raw):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > pos:
+            raise ValueError(f"memo index {arg} at byte {pos} is out of range")
+
+
+def _names(path: Path, key: str, values: Any, k: int) -> list[str]:
+    """The ``k`` class names stored under ``key``, or "0", "1", ... where the file has none."""
+    if values is None:
+        return [str(i) for i in range(k)]
+    if not isinstance(values, list) or len(values) != k or not all(isinstance(v, (str, bytes)) for v in values):
+        raise DataError(f"{path}: '{key}' should list {k} class names; the file is damaged, download it again")
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: a class name in '{key}' is not text; the file is damaged, download it again") \
+            from None
+
+
+def _labels(path: Path, key: str, values: Any, n: int, k: int) -> torch.Tensor:
+    """The ``n`` labels stored under ``key``, each a class index below ``k``."""
+    if not isinstance(values, (list, np.ndarray)) or len(values) != n:
+        found = len(values) if isinstance(values, (list, np.ndarray)) else f"a {type(values).__name__}"
+        raise DataError(f"{path}: expected {n} '{key}', found {found}")
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, (int, np.integer)) or not 0 <= v < k), None)
+    if bad is not None:
+        raise DataError(f"{path}: label {values[bad]!r} of image {bad} is outside 0..{k - 1}")
+    return torch.as_tensor(np.asarray(values, dtype=np.int64))
 
 
 def load_cifar(root: Path, split: str, num_classes: int = 10, coarse: bool = False) -> ImageSet:
@@ -71,23 +104,15 @@ def load_cifar(root: Path, split: str, num_classes: int = 10, coarse: bool = Fal
                         f"(the official python version, e.g. cifar-{num_classes}-python.tar.gz unpacked into "
                         f"--data-root {root})")
     label_key = ("labels" if num_classes == 10 else "coarse_labels" if coarse else "fine_labels")
-    meta = read_batch(folder / meta_name)
     name_key = ("label_names" if num_classes == 10 else "coarse_label_names" if coarse else "fine_label_names")
-    classes = _names(meta.get(name_key, []))
+    k = 20 if coarse else num_classes
+    classes = _names(folder / meta_name, name_key, read_batch(folder / meta_name).get(name_key), k)
     images, labels = [], []
     for name in files[split]:
         batch = read_batch(folder / name)
-        data, batch_labels = batch.get("data"), batch.get(label_key)
+        data = batch.get("data")
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{folder / name}: 'data' must be a uint8 array of N x 3072 pixels")
-        if batch_labels is None or len(batch_labels) != len(data):
-            raise DataError(f"{folder / name}: expected {len(data)} '{label_key}', found "
-                            f"{0 if batch_labels is None else len(batch_labels)}")
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(list(batch_labels), dtype=torch.int64))
-    x, y = torch.cat(images), torch.cat(labels)
-    k = len(classes) or (20 if coarse else num_classes)
-    bad = ((y < 0) | (y >= k)).nonzero()
-    if len(bad):
-        raise DataError(f"{folder}: label {int(y[bad[0, 0]])} of image {int(bad[0, 0])} is outside 0..{k - 1}")
-    return ImageSet(x, y, classes or [str(i) for i in range(k)])
+        labels.append(_labels(folder / name, label_key, batch.get(label_key), len(data), k))
+    return ImageSet(torch.cat(images), torch.cat(labels), classes)

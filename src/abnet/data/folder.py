@@ -12,7 +12,9 @@ unreadable or truncated files are skipped, counted and named in one warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .base import ImageSet
-from .loader import Batch, cutout, normalize
+from .loader import Batch, cutout, epoch_generator, normalize
 
 log = logging.getLogger("abnet")
 
@@ -76,9 +78,32 @@ def scan(folder: Path, classes: list[str] | None = None, size: int = 224) -> Fol
     return FolderIndex(paths, torch.tensor(labels, dtype=torch.int64), classes, size)
 
 
+class UnreadableImage(OSError):
+    """An image file PIL fails on with an error other than OSError or ValueError (damaged data), or one of
+    more pixels than PIL's decompression-bomb limit."""
+
+
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """PIL's decoders meet damaged data with many exception types (SyntaxError, struct.error, EOFError, ...):
+    they become :class:`UnreadableImage`, so callers catch one OSError. An image larger than
+    ``Image.MAX_IMAGE_PIXELS`` is refused before it is allocated (by default PIL only warns up to twice that);
+    PIL's other warnings (odd metadata, which is not used) are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        except (OSError, ValueError):
+            raise
+        except Exception as err:
+            raise UnreadableImage(f"{path}: {type(err).__name__}: {err}") from None
+
+
 def read_rgb(path: Path) -> Image.Image:
-    """Decode an image file fully to 8-bit RGB; raises OSError / UnidentifiedImageError if it is unreadable."""
-    with Image.open(path) as img:
+    """Decode an image file fully to 8-bit RGB; raises OSError (UnidentifiedImageError, UnreadableImage, ...)
+    or ValueError if it is unreadable."""
+    with _decoding(path), Image.open(path) as img:
         img.load()  # truncated files fail here, not later in a worker
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits
             arr = np.asarray(img, dtype=np.uint32)
@@ -104,7 +129,7 @@ def load_folder_in_memory(index: FolderIndex) -> ImageSet:
         kept.append(i)
     _warn_skipped(bad, len(index.paths))
     if not images:
-        raise DataError(f"none of the {len(index.paths)} image files could be read")
+        raise DataError(f"none of the {len(index.paths)} image files could be read, e.g. {index.paths[0]} ({bad[0]})")
     return ImageSet(torch.stack(images), index.labels[kept], index.classes)
 
 
@@ -156,16 +181,17 @@ class _EpochOrder(torch.utils.data.Sampler):
     """Yields (epoch, index) keys: shuffled by (seed, epoch) for training, in order otherwise."""
 
     def __init__(self, n: int, train: bool, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.train, self.seed, self.epoch = n, train, seed, 0
+        self.n, self.train, self.seed, self.epoch, self.start = n, train, seed, 0, 0
         self.rank, self.world = rank, world  # multi-process training: every world-th image from rank on
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world))
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=gen) if self.train else torch.arange(self.n)
-        return iter([(self.epoch, int(i)) for i in order[self.rank::self.world]])
+        """This epoch's keys from the ``start``-th on (a resumed epoch skips the ones already trained)."""
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)) if self.train \
+            else torch.arange(self.n)
+        return iter([(self.epoch, int(i)) for i in order[self.rank::self.world][self.start:]])
 
 
 def _collate(samples: list[tuple[torch.Tensor | None, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -193,16 +219,16 @@ class FolderLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        self.order.epoch = epoch
-        gen = torch.Generator().manual_seed(self.order.seed * 100_003 + epoch)  # for cutout
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch from batch ``start`` on (earlier ones are not read)."""
+        self.order.epoch, self.order.start = epoch, start * self.loader.batch_size
         skipped = 0
-        for images, labels, bad in self.loader:
+        for step, (images, labels, bad) in enumerate(self.loader, start):
             skipped += bad
             if len(labels):
                 x = normalize(images, self.mean, self.std)
                 if self.cutout_size > 0:
-                    cutout(x, self.cutout_size, gen)
+                    cutout(x, self.cutout_size, epoch_generator(self.order.seed, epoch, step))
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 yield Batch(x, labels, None)

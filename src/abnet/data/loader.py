@@ -2,9 +2,9 @@
 
 Per-sample PIL transforms in DataLoader workers (the research code's way) cost more than the
 model step for 32x32 images on a CPU. Here the set is one uint8 tensor; a batch is gathered,
-randomly cropped (with zero padding) and flipped by tensor indexing, then normalised. Shuffling
-and augmentation draw from a generator seeded by (seed, epoch), so epoch e is the same batches
-whether or not the run was interrupted before it.
+randomly cropped (with zero padding) and flipped by tensor indexing, then normalised. The order
+of epoch e is drawn from a generator seeded by (seed, epoch) and batch k's augmentation from one
+seeded by (seed, epoch, k), so a resumed run starts at any batch without replaying the ones before.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return images.contiguous().float().mul_(scale).add_(shift)
 
 
+def epoch_generator(seed: int, epoch: int, step: int | None = None) -> torch.Generator:
+    """The generator of epoch ``epoch``'s order (``step`` None) or of batch ``step``'s augmentation."""
+    key = seed * 100_003 + epoch if step is None else ((seed * 100_003 + epoch) * 1_000_003 + step) * 7 + 1
+    return torch.Generator().manual_seed(key)
+
+
 @dataclass
 class Batch:
     images: Tensor  # normalised float32 (N, C, H, W)
@@ -102,15 +108,15 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        """The batches of one epoch; for training, a function of (seed, epoch) only."""
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch from batch ``start`` on; for training, a function of (seed, epoch) only."""
         n = len(self.data)
-        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.train else torch.arange(n)
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.data.images[idx]
             masks = None if self.data.masks is None else self.data.masks[idx]
+            gen = epoch_generator(self.seed, epoch, step)
             if self.train:
                 images, masks = random_crop_flip(images, self.padding, gen, masks, self.flip)
             x = normalize(images, self.mean, self.std)

@@ -11,6 +11,8 @@ images are repeated over three channels so every model reads them unchanged.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +33,16 @@ def read_idx(path: Path) -> np.ndarray:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{path} is not a readable gzip file ({err})") from None
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path} is not a readable gzip file ({err}); download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _UBYTE:
         raise DataError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated: its header ends early")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) - header != int(np.prod(shape)):
+    if len(raw) - header != math.prod(shape):  # (exact: numpy's prod wraps around on a damaged, huge shape)
         raise DataError(f"{path} is truncated or padded: header says {shape}, "
                         f"found {len(raw) - header} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)

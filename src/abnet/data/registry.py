@@ -56,6 +56,7 @@ class DataSpec:
     flip: bool = True  # random horizontal flips (not for digits)
     extra_splits: tuple[str, ...] = field(default=())  # readable on request, never carved
     find_splits: Callable[[Path], tuple[str, ...]] | None = None  # native splits found under the root
+    any_size: bool = False  # files read at any size: by default the model's input size (image folders, CelebA)
 
     def native_splits(self, o: DataOptions) -> tuple[str, ...]:
         return self.find_splits(o.root) if self.find_splits and o.root else self.splits
@@ -121,9 +122,9 @@ DATASETS = {spec.name: spec for spec in (
              mean=(0.2860,) * 3, std=(0.3530,) * 3, padding=2,
              layout="train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-*[.gz]"),
     DataSpec("imagefolder", _read_folder, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-             find_splits=_folder_splits,
+             find_splits=_folder_splits, any_size=True,
              layout="train/<class>/<images> and optionally val/<class>/<images> (or just <class>/<images>)"),
-    DataSpec("celeba", _read_celeba, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    DataSpec("celeba", _read_celeba, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD, any_size=True,
              layout="img_align_celeba/, list_attr_celeba.txt and list_eval_partition.txt"),
 )}
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..explain.metrics import pointing_game
+from ..metrics import pointing_game
 
 
 class AttributeCounts:
@@ -49,7 +49,7 @@ def attribute_pointing_game(maps: Tensor, masks: Tensor, tolerance: int | None =
     (a single-task ABN), scored against every attribute's mask: the baseline that per-attribute maps
     should beat, since one map points at one object only. masks: (N, T, H, W) bool. Image i counts for
     attribute t only where mask (i, t) is non-empty (the attribute is present); a hit is as in
-    :func:`~abnet.explain.metrics.pointing_game` (same ``tolerance``).
+    :func:`~abnet.metrics.pointing_game` (same ``tolerance``).
     """
     n, t, h, w = masks.shape
     if maps.dim() != 4 or maps.shape[0] != n or maps.shape[1] not in (1, t):

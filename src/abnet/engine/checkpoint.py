@@ -5,28 +5,34 @@
 * ``best.safetensors``: the best weights, with the metadata needed to rebuild the model
   (registry name and arguments, class names, input normalisation) as JSON in the header.
 
-Every file is written to a temporary name in the same folder and renamed into place.
+Both carry a :class:`~abnet.models.meta.CheckpointMeta` as plain data; ``save_pretrained`` folders
+(:mod:`abnet.models.hub`) keep it in config.json. :func:`load_checkpoint` reads all of them, by any
+name :func:`~abnet.models.locate.locate_checkpoint` resolves. Every file is written to a temporary
+name in the same folder and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import AbnetError, CheckpointError
 from ..fileio import atomic_write
 from ..models import create_model
+from ..models.hub import describe
+from ..models.locate import ACCEPTED, STATE_FILE, WEIGHTS_FILE, CheckpointFiles, locate_checkpoint
+from ..models.meta import CheckpointMeta
+from ..models.weights import META_KEY, read_state_dict
 
-WEIGHTS_FILE = "best.safetensors"
-STATE_FILE = "last.pt"
-_META_KEY = "abnet"
+__all__ = ["STATE_FILE", "WEIGHTS_FILE", "CheckpointMeta", "from_pretrained", "load_checkpoint", "load_state",
+           "model_meta", "read_checkpoint", "save_state", "save_weights"]
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -52,71 +58,67 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def save_weights(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Atomically save the model's weights as safetensors with ``meta`` (JSON) in the header."""
+def save_weights(path: str | Path, model: nn.Module, meta: CheckpointMeta | dict[str, Any]) -> None:
+    """Atomically save the model's weights as safetensors with ``meta`` (checked, as JSON) in the header."""
+    if not isinstance(meta, CheckpointMeta):
+        meta = CheckpointMeta.from_dict(meta, "the metadata to save")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {_META_KEY: json.dumps(meta)}
+    header = {META_KEY: json.dumps(meta.to_dict())}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
-    """The metadata a checkpoint needs to rebuild ``model`` (made by ``create_model``), plus ``extra``."""
-    config = getattr(model, "abnet_config", None)
-    if config is None:
-        raise ValueError("model was not made by abnet.create_model; it has no abnet_config to save")
-    return {"model_config": config, **extra}
+    """The metadata (plain data, for last.pt and best.safetensors) that rebuilds ``model`` (made by
+    ``create_model``) and feeds it: ``extra`` gives the :class:`CheckpointMeta` fields (classes, mean, ...)."""
+    return describe(model, **extra).to_dict()
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint (a ``.safetensors``, a ``last.pt`` or a run folder) in eval mode.
+def load_checkpoint(source: str | os.PathLike[str]) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint names, in eval mode, with its metadata (also kept as ``model.abnet_meta``).
 
-    Returns (model, meta). Raises :class:`CheckpointError` with a one-line reason for a missing,
-    empty, unreadable or foreign file and for weights that do not fit the model they name.
+    ``source``: a run folder, ``last.pt``, ``best.safetensors``, a ``save_pretrained`` or ``abnet convert``
+    folder, ``owner/name`` in the local Hugging Face cache or a pretrained name (see
+    :func:`~abnet.models.locate.locate_checkpoint`). Raises :class:`CheckpointError` with a one-line reason for
+    a missing, empty, unreadable or foreign checkpoint and for weights that do not fit the model they name.
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in (WEIGHTS_FILE, STATE_FILE):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path} is a folder without {WEIGHTS_FILE} or {STATE_FILE}; pass a run folder "
-                                  "or a checkpoint file")
-    path = _existing_file(path)
-    if _looks_like_safetensors(path):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-            weights = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
-        if _META_KEY not in header:
-            raise CheckpointError(f"{path} is a safetensors file without abnet's metadata; "
-                                  "it does not say which model it holds")
-        meta = json.loads(header[_META_KEY])
-    else:
-        state = load_state(path)
-        weights, meta = state["model"], state["meta"]
-    model = _build(meta, path)
+    files = locate_checkpoint(source)
+    weights, meta = read_checkpoint(files)
+    model = _build(meta, files.weights)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        name = meta["model_config"].get("model")
-        raise CheckpointError(f"{path} does not fit model {name!r}: {detail[:200]}") from None
+        raise CheckpointError(f"{files.weights} does not fit model {meta.model_name!r}: {detail[:200]}") from None
+    model.abnet_meta = meta
     return model.eval(), meta
 
 
-def _build(meta: dict[str, Any], path: Path) -> nn.Module:
-    config = dict(meta.get("model_config") or {})
-    name = config.pop("model", None)
-    for key in ("pretrained", "weights"):  # the checkpoint holds the weights; never fetch initial ones again
-        config.pop(key, None)
-    if not isinstance(name, str):
-        raise CheckpointError(f"{path} does not name its model in its metadata")
+def from_pretrained(source: str | os.PathLike[str]) -> nn.Module:
+    """The model (eval mode) of a ``save_pretrained`` folder, or of anything else :func:`load_checkpoint` takes;
+    its metadata is ``model.abnet_meta``. Never downloads: ``owner/name`` is read from the local cache only."""
+    return load_checkpoint(source)[0]
+
+
+def read_checkpoint(files: CheckpointFiles) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """The state dict and checked metadata of located checkpoint files."""
+    weights, raw = read_state_dict(_existing_file(files.weights))
+    if files.config is not None:
+        try:
+            raw = json.loads(files.config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{files.config} is not readable JSON ({err})") from None
+        return weights, CheckpointMeta.from_dict(raw, str(files.config.parent))
+    if raw is None:
+        raise CheckpointError(f"{files.weights} holds weights without abnet's metadata, so it does not say which "
+                              "model it is; use abnet.create_model(NAME, num_classes=K, weights=FILE) or "
+                              "`abnet convert FILE --model NAME --num-classes K --out DIR`")
+    return weights, CheckpointMeta.from_dict(raw, str(files.weights))
+
+
+def _build(meta: CheckpointMeta, path: Path) -> nn.Module:
     try:
-        return create_model(name, **config)
+        return create_model(meta.model_name, **meta.build_config)
     except AbnetError as err:
         raise CheckpointError(f"{path} names a model abnet cannot build: {err}") from None
     except (TypeError, ValueError) as err:
@@ -126,16 +128,10 @@ def _build(meta: dict[str, Any], path: Path) -> nn.Module:
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder, last.pt or best.safetensors")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass {ACCEPTED}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
     return path
 
-
-def _looks_like_safetensors(path: Path) -> bool:
-    """safetensors files start with an 8-byte little-endian header size, then a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"

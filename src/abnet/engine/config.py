@@ -5,13 +5,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.registry import DataOptions
+from ..data.registry import DataOptions, data_spec
 from ..errors import AbnetError
-from ..models import MASK_MODES
+from ..models import MASK_MODES, model_info
 
 SCHEDULES = ("step", "cosine")
 
@@ -36,7 +36,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from lr/10, counted in (fractional) epochs
     pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
-    weights: str | None = None  # tv:/timm: models: start from this state-dict file
+    weights: str | None = None  # start from these weights: an abnet checkpoint or run, a research-code or tv/timm file
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 + grad scaler on CUDA
     compile: bool = False  # torch.compile the model (eager with a message if it cannot compile)
@@ -47,7 +47,7 @@ class TrainConfig:
     shared_perception: bool = False  # multi-task (_abn_mt) models: one perception branch for all tasks
     pos_weight: str | None = None  # attribute data: "balanced" weighs each attribute's positives by neg/pos
     seed: int = 0
-    image_size: int | None = None  # generated data sets only
+    image_size: int | None = None  # side images are made or read at (default: 32, or the model's own for folders)
     limit_train: int | None = None
     limit_val: int | None = None
     val_fraction: float = 0.1  # share of the training set held out where the data set has no val split
@@ -55,6 +55,8 @@ class TrainConfig:
     workers: int = 2  # DataLoader workers for image folders of large images
     cutout: int = 0  # side of the Cutout square in pixels (0: off)
     channels_last: bool = True  # faster convolutions on this CPU (benchmarks/train_step.py)
+    deterministic: bool = False  # GPUs: deterministic cuDNN/cuBLAS kernels, so a seed gives the same numbers
+    log_every: int | None = None  # steps between reading the loss back (and checking for a stop): 1 on CPUs, 50 on GPUs
 
     def validate(self) -> TrainConfig:
         """Raise an :class:`AbnetError` naming the first setting that makes no sense."""
@@ -66,7 +68,7 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout"):
             if getattr(self, name) < 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("limit_train", "limit_val", "image_size"):
+        for name in ("limit_train", "limit_val", "image_size", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 1, got {value}")
@@ -84,6 +86,13 @@ class TrainConfig:
             raise AbnetError(f"map-kernel must be odd (1, 3, 5, ...), got {self.map_kernel}")
         return self
 
+    def resolved(self) -> TrainConfig:
+        """These settings with the defaults that depend on the model filled in: data sets read at any size
+        (image folders, CelebA) are read at the model's registered input size unless ``image_size`` says."""
+        if self.image_size is None and data_spec(self.data).any_size:
+            return replace(self, image_size=model_info(self.model).input_size[-1])
+        return self
+
     def data_options(self) -> DataOptions:
         """How to read the data set these settings name."""
         return DataOptions(root=Path(self.data_root) if self.data_root else None, image_size=self.image_size,
@@ -91,6 +100,22 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_sources(cls, flags: dict[str, Any], config_file: str | None = None, resume: bool = False) -> TrainConfig:
+        """The settings of ``abnet train``: the resumed run's ``config.json`` (``resume``: the run in
+        ``flags["out"]``) or a ``--config`` file, overridden by the flags given."""
+        if resume:
+            if not flags.get("out"):
+                raise AbnetError("--resume needs --out, the run folder to continue")
+            values = read_config(Path(flags["out"]) / "config.json")
+        else:
+            values = read_config(config_file) if config_file else {}
+        values.update(flags)
+        missing = [name for name in ("model", "data", "out") if name not in values]
+        if missing:
+            raise AbnetError(f"{', '.join('--' + m for m in missing)} required (as flags or in --config)")
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

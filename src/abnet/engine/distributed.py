@@ -6,7 +6,8 @@ only rank 0 writes files."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -16,41 +17,67 @@ from ..errors import AbnetError
 
 @dataclass(frozen=True)
 class Distributed:
-    """This process's place in the job; ``world == 1`` without torchrun."""
+    """This process's place in the job; ``world == 1`` without torchrun. ``device`` is where collectives
+    run: this process's GPU under NCCL (which reduces CUDA tensors only), the CPU under gloo."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    launched: bool = False  # started by torchrun: a process group exists (even of one process)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+        if self.launched:
+            dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def sums(self, *values: float) -> list[float]:
-        """The sum of each value over all processes (the values themselves in a 1-process run)."""
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
+    def sums(self, *values: float | torch.Tensor) -> list[float]:
+        """The sum of each value (a number or a one-element tensor on any device) over all processes, read
+        back to the host: the one synchronisation point of a training step that has one."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device).reshape(()) for v in values])
+        if self.launched:
+            dist.all_reduce(t)
         return t.tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (plain data or CPU tensors), in rank order."""
+        if not self.launched:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
 
 def setup(device_type: str) -> Distributed:
-    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """Join the torchrun job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...), if
+    there is one: its process group is made even for one process, so a 1-process torchrun runs the same
+    collectives (and DistributedDataParallel) as a larger job.
+
+    On GPUs each process takes the GPU of its local rank (``torch.cuda.set_device``) before the process group
+    is made, so NCCL's communicators and barriers use one device per process."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # not started by torchrun
         return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise AbnetError(f"process {local_rank} of this machine has no GPU of its own: torch sees "
+                             f"{torch.cuda.device_count()}; start at most that many processes per machine")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device, launched=True)
 
 
 def shutdown(job: Distributed) -> None:
-    if job.world > 1 and dist.is_initialized():
+    if job.launched and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..data.folder import FolderLoader
 from ..data.loader import InMemoryLoader
-from ..explain.metrics import pointing_game
+from ..metrics import pointing_game
 from ..models import ABNOutput, abn_loss, classification_loss, perception_logits
 from .attributes import AttributeCounts, attribute_metrics
 

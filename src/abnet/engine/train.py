@@ -1,9 +1,13 @@
-"""The training loop, readable in one sitting: SGD, a per-step learning-rate schedule, both
-branches' loss, evaluation each epoch, and a run folder that a crash cannot corrupt.
+"""The training loop, readable in one sitting: SGD, a per-step learning-rate schedule, both branches'
+loss, evaluation each epoch, and a run folder that a crash cannot corrupt.
 
-Run folder: ``config.json`` (resolved settings), ``last.pt`` (resumable state, every epoch),
-``best.safetensors`` (best validation accuracy, balanced for attributes), ``metrics.jsonl`` (one
-line per epoch) and ``train.log``. Batches are a function of (seed, epoch), so ``resume=True`` continues exactly.
+Run folder: ``config.json`` (resolved settings), ``last.pt`` (resumable state, every epoch and on a stop
+signal), ``best.safetensors`` (best validation accuracy, balanced for attributes), ``metrics.jsonl`` (one
+line per epoch) and ``train.log``. Batch k of epoch e is a function of (seed, e, k), so a run resumed after
+any step continues exactly where it stopped.
+
+The loss is read back to the host (and the stop flag shared between processes) every ``log_every`` steps
+only: on a GPU no other step waits for the host.
 """
 
 from __future__ import annotations
@@ -11,11 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import threading
+import os
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,292 @@ from ..fileio import write_text
 from ..models import balanced_pos_weight, create_model, model_info
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
+from .device import resolve_device
 from .distributed import Distributed, check_batch, setup, shutdown
 from .evaluate import evaluate, model_loss
 from .plots import plot_curves
+from .stopping import StopFlag, TrainingStopped, stop_on_signals
 
 log = logging.getLogger("abnet")
+
+RUN_FILES = ("config.json", STATE_FILE, WEIGHTS_FILE, "metrics.jsonl", "train.log", "curves.png")
+__all__ = ["RUN_FILES", "RunState", "TrainingStopped", "build_model", "check_run_dir", "train"]
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, model: nn.Module | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data`` into the run folder ``cfg.out``; returns the last epoch's metrics.
+
+    ``model``: an instance of ``cfg.model`` made by ``create_model`` (e.g. with weights of your own
+    choosing) to train instead of a freshly built one. ``force`` replaces the run files of an existing
+    run in ``cfg.out``. Raises :class:`AbnetError` for bad settings before anything is written, and
+    :class:`TrainingStopped` after saving a resumable state when SIGINT or SIGTERM arrives.
+    """
+    cfg = cfg.validate().resolved()
+    model_info(cfg.model)  # unknown names fail here, before the run folder is touched
+    device = resolve_device(cfg.device)
+    if cfg.deterministic:
+        deterministic_kernels()
+    job = setup(device.type)  # under torchrun: join the job, one GPU per process
+    if job.launched and device.type == "cuda":
+        device = job.device
+    try:
+        trainer, state = _prepare(cfg, resume, progress, model, force, job, device)
+        try:
+            return fit(trainer, state)
+        finally:
+            trainer.close()
+    finally:
+        shutdown(job)
+
+
+def fit(trainer: Trainer, state: RunState) -> dict[str, Any]:
+    """The loop: train each remaining epoch (from the step it stopped at), then evaluate and save."""
+    metrics = trainer.last_metrics
+    with stop_on_signals() as stop:
+        for _ in range(state.epoch, trainer.cfg.epochs):
+            if not trainer.train_epoch(state, stop):
+                raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} at epoch {state.epoch + 1}, step "
+                                      f"{state.step}; {trainer.run_dir / STATE_FILE} holds the state: continue "
+                                      "with --resume")
+            metrics = trainer.end_epoch(state)
+            if trainer.job.sums(stop.raised)[0]:
+                raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} after epoch {state.epoch}; "
+                                      "continue with --resume")
+    return metrics
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in last.pt beside the weights, optimizer and RNG states."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps of epoch ``epoch`` done (all of them: only its evaluation is left)
+    loss_sum: float = 0.0  # training loss summed over those steps' images (all processes)
+    seen: int = 0  # images those steps trained on
+    best_accuracy: float = -1.0  # best validation score so far
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunState:
+        return cls(state["epoch"], state.get("step", 0), state.get("loss_sum", 0.0), state.get("seen", 0),
+                   state["best_accuracy"])
+
+
+class Trainer:
+    """What one run trains with: the model, optimizer, loaders and run folder, and the three steps of the loop
+    (:meth:`train_epoch`, :meth:`end_epoch`, :meth:`save`)."""
+
+    def __init__(self, cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, model: nn.Module,
+                 job: Distributed, device: torch.device, progress: bool):
+        train_set, val_set = data
+        self.cfg, self.run_dir, self.job, self.device, self.progress = cfg, run_dir, job, device, progress
+        self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else
+                              torch.preserve_format)
+        if cfg.sync_bn and job.world > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+        trained = self.model if not job.launched else nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward = Compiled(trained) if cfg.compile else trained
+        # Training loss only: validation losses stay unweighted, comparable between runs.
+        self.pos_weight = balanced_pos_weight(train_set.labels).to(device) if cfg.pos_weight == "balanced" else None
+        self.train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
+                                        channels_last=cfg.channels_last, workers=cfg.workers,
+                                        cutout_size=cfg.cutout, rank=job.rank, world=job.world)
+        self.val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last,
+                                      workers=cfg.workers)
+        self.log_every = cfg.log_every or (50 if device.type == "cuda" else 1)
+        self.meta = model_meta(self.model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
+                               image_size=list(train_set.image_size), data=cfg.data,
+                               multi_label=train_set.labels.is_floating_point(), train_config=asdict(cfg))
+        self.tensorboard = _tensorboard(run_dir) if job.is_main else None
+        self.log_file: logging.Handler | None = None
+        self.last_metrics: dict[str, Any] = {}
+        self.epoch_images, self.epoch_seconds = 0, 0.0
+
+    def restore(self, saved: dict[str, Any]) -> RunState:
+        """Load a last.pt state: weights, optimizer, loss scaler and this process's RNG states."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved.get("scaler", {}))
+        rng = saved["rng"]
+        mine = rng[self.job.rank] if isinstance(rng, list) and len(rng) == self.job.world else None
+        if isinstance(rng, torch.Tensor):  # written before per-process states were kept
+            mine = {"cpu": rng}
+        if mine is None:
+            log.warning("%s was saved by %d processes, this job has %d: random states start afresh",
+                        self.run_dir / STATE_FILE, len(rng), self.job.world)
+        else:
+            torch.set_rng_state(mine["cpu"])
+            if self.device.type == "cuda" and mine.get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+        return RunState.from_state(saved)
+
+    def save(self, state: RunState) -> None:
+        """Write last.pt: everything needed to continue after ``state``. Every process calls it (the RNG states
+        are gathered); rank 0 writes."""
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        rngs = self.job.gather(rng)
+        if self.job.is_main:
+            save_state(self.run_dir / STATE_FILE, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), **asdict(state), "rng": rngs, "meta": self.meta})
+
+    def train_epoch(self, state: RunState, stop: StopFlag) -> bool:
+        """Train epoch ``state.epoch`` from step ``state.step`` to its end, updating ``state`` at each log step.
+        Returns False when a stop signal ended it early, after saving the state."""
+        cfg, steps = self.cfg, len(self.train_loader)
+        self.model.train()
+        window = torch.zeros((), dtype=torch.float64, device=self.device)  # loss summed since the last log step
+        window_images, first = 0, state.step
+        self.epoch_images, t0 = 0, time.perf_counter()
+        bar = tqdm(self.train_loader.epoch(state.epoch, state.step), total=steps, initial=state.step, leave=False,
+                   desc=f"epoch {state.epoch + 1}/{cfg.epochs}", disable=None if self.progress else True)
+        for step, batch in enumerate(bar, state.step):
+            lr = cfg.lr_at(state.epoch * steps + step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x = batch.images.to(self.device, non_blocking=True)
+            y = batch.labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+                loss = model_loss(self.forward(x), y, self.pos_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            window += loss.detach().double() * len(y)
+            window_images += len(y)
+            if (step + 1) % self.log_every and step + 1 < steps:
+                continue
+            # Log step: the global loss of the window, and whether any process was asked to stop, so that all
+            # processes stop (or fail) at the same step.
+            total, images, stopping = self.job.sums(window, window_images, stop.raised)
+            if not math.isfinite(total):
+                where = f"step {step + 1}" if step == first else f"steps {first + 1}-{step + 1}"
+                raise AbnetError(f"the loss became {total} at epoch {state.epoch + 1}, {where}; lower --lr "
+                                 f"(now {cfg.lr}); {self.run_dir / STATE_FILE} keeps the last good state")
+            state.step, state.loss_sum, state.seen = step + 1, state.loss_sum + total, state.seen + int(images)
+            self.epoch_images += int(images)
+            bar.set_postfix(loss=f"{total / images:.3f}")
+            window.zero_()
+            window_images, first = 0, step + 1
+            if stopping:
+                self.save(state)
+                return False
+        self.epoch_seconds = time.perf_counter() - t0
+        return True
+
+    def end_epoch(self, state: RunState) -> dict[str, Any]:
+        """Evaluate the epoch just trained, keep the best weights, save the state, and log the epoch's line."""
+        cfg, epoch, steps = self.cfg, state.epoch + 1, len(self.train_loader)
+        val = evaluate(self.model, self.val_loader)
+        metrics = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1), "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
+                   **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val},
+                   "lr": cfg.lr_at(epoch * steps - 1, steps),
+                   "images_per_s": self.epoch_images / self.epoch_seconds if self.epoch_images else None,
+                   "seconds": self.epoch_seconds}
+        # Attributes: balanced accuracy, as plain accuracy rewards calling rare attributes absent.
+        score = val.get("mean_balanced_accuracy", val["accuracy"])
+        if score > state.best_accuracy:
+            state.best_accuracy = score
+            if self.job.is_main:
+                save_weights(self.run_dir / WEIGHTS_FILE, self.model, {
+                    **self.meta, "epoch": epoch, "val_accuracy": val["accuracy"],
+                    "val_att_accuracy": val["att_accuracy"], "val_score": score})
+        state.epoch, state.step, state.loss_sum, state.seen = epoch, 0, 0.0, 0
+        self.save(state)
+        if self.job.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png")
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if key != "epoch" and value is not None:
+                    self.tensorboard.add_scalar(key, value, epoch)
+            self.tensorboard.flush()
+        att = "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}"
+        speed = "-" if metrics["images_per_s"] is None else f"{metrics['images_per_s']:.0f}"
+        log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %s img/s  %.1fs", epoch,
+                 cfg.epochs, metrics["train_loss"], val["accuracy"], att, metrics["lr"], speed, self.epoch_seconds)
+        self.last_metrics = metrics
+        return metrics
+
+    def close(self) -> None:
+        """Stop writing the run's log and TensorBoard files."""
+        if self.log_file is not None:
+            log.removeHandler(self.log_file)
+            self.log_file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _prepare(
+    cfg: TrainConfig, resume: bool, progress: bool, model: nn.Module | None, force: bool, job: Distributed,
+    device: torch.device,
+) -> tuple[Trainer, RunState]:
+    """Check everything, load the data, build (or restore) the model; only then make the run folder."""
+    check_batch(cfg.batch_size, job)
+    if cfg.sync_bn and job.world > 1 and device.type != "cuda":
+        raise AbnetError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
+    if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
+        raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
+    spec = data_spec(cfg.data)
+    run_dir = check_run_dir(cfg.out, resume, force)
+    saved = None
+    if resume:
+        saved = load_state(run_dir / STATE_FILE)  # a damaged state fails here, before anything is written
+        before = TrainConfig.from_dict(saved["meta"]["train_config"])
+        if (before.model, before.data) != (cfg.model, cfg.data):
+            raise AbnetError(f"cannot resume {run_dir}: it trains {before.model} on {before.data}, "
+                             f"not {cfg.model} on {cfg.data}")
+    options = cfg.data_options()  # missing or malformed data fails here, before anything is written
+    train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
+    val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
+    if model_info(cfg.model).is_multitask and not train_set.labels.is_floating_point():
+        raise AbnetError(f"{cfg.model} learns binary attributes, but {cfg.data} has one class per image; use an "
+                         "attribute data set (celeba, shapes-multi) or a single-task model (name_abn)")
+    if cfg.pos_weight and not train_set.labels.is_floating_point():
+        raise AbnetError(f"--pos-weight applies to attribute data (celeba, shapes-multi), not {cfg.data}")
+    torch.manual_seed(cfg.seed)
+    initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
+    model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
+    job.barrier()  # every process has checked everything before the first one writes
+    if job.is_main:  # only rank 0 writes files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force and not resume:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+    trainer = Trainer(cfg, spec, run_dir, (train_set, val_set), model, job, device, progress and job.is_main)
+    if job.is_main:
+        trainer.log_file = _log_to(run_dir / "train.log")
+    if saved is not None:
+        try:
+            state = trainer.restore(saved)
+        except Exception:
+            trainer.close()
+            raise
+        log.info("resuming %s at epoch %d of %d%s", run_dir, state.epoch + 1, cfg.epochs,
+                 f", step {state.step + 1}" if state.step else "")
+    else:
+        state = RunState()
+        if job.is_main:
+            write_text(run_dir / "config.json", cfg.to_json())
+        log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs, on %s",
+                 cfg.model, f"{sum(p.numel() for p in trainer.model.parameters()):,}", cfg.data, len(train_set),
+                 len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs, device)
+    if job.is_main:
+        trainer.last_metrics = _keep_metrics_before(run_dir / "metrics.jsonl", state.epoch)
+    if state.epoch >= cfg.epochs:
+        log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
+    return trainer, state
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -46,14 +329,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         kwargs.update(shared=cfg.shared_perception)
     elif cfg.shared_perception:
         raise AbnetError(f"--shared-perception applies to multi-task models (name_abn_mt), not {cfg.model}")
-    if cfg.pretrained or cfg.weights:
+    if cfg.pretrained:
         if not cfg.model.startswith(("tv:", "timm:")):
-            raise AbnetError(f"--pretrained and --weights apply to tv:<name> and timm:<name> models, not {cfg.model}")
-        kwargs.update(pretrained=cfg.pretrained, weights=cfg.weights)
-    return create_model(cfg.model, **kwargs)
-
-
-RUN_FILES = ("config.json", STATE_FILE, WEIGHTS_FILE, "metrics.jsonl", "train.log", "curves.png")
+            raise AbnetError(f"--pretrained applies to tv:<name> and timm:<name> models, not {cfg.model}; "
+                             "start other models from a file with --weights")
+        kwargs.update(pretrained=True)
+    return create_model(cfg.model, weights=cfg.weights, **kwargs)
 
 
 def check_run_dir(out: str | Path, resume: bool, force: bool = False) -> Path:
@@ -71,211 +352,14 @@ def check_run_dir(out: str | Path, resume: bool, force: bool = False) -> Path:
     return run_dir
 
 
-def train(
-    cfg: TrainConfig, resume: bool = False, progress: bool = True, model: nn.Module | None = None,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data`` into the run folder ``cfg.out``; returns the last epoch's metrics.
-
-    ``model``: an instance of ``cfg.model`` made by ``create_model`` (e.g. with weights of your own
-    choosing) to train instead of a freshly built one. ``force`` replaces the run files of an existing
-    run in ``cfg.out``. Raises :class:`AbnetError` for bad settings before anything is written, and
-    :class:`TrainingStopped` after saving a resumable state when SIGINT or SIGTERM arrives.
-    """
-    cfg.validate()
-    model_info(cfg.model)  # unknown names fail here, before the run folder is touched
-    device = resolve_device(cfg.device)
-    job = setup(device.type)  # under torchrun: join the job
-    if device.type == "cuda" and job.world > 1:
-        device = torch.device("cuda", job.local_rank)
-    try:
-        return _train(cfg, resume, progress, model, force, job, device)
-    finally:
-        shutdown(job)
-
-
-def _train(
-    cfg: TrainConfig, resume: bool, progress: bool, model: nn.Module | None, force: bool, job: Distributed,
-    device: torch.device,
-) -> dict[str, Any]:
-    check_batch(cfg.batch_size, job)
-    if cfg.sync_bn and job.world > 1 and device.type != "cuda":
-        raise AbnetError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
-    if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
-        raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
-    spec = data_spec(cfg.data)
-    run_dir = check_run_dir(cfg.out, resume, force)
-    state = None
-    if resume:
-        state = load_state(run_dir / STATE_FILE)
-        saved = TrainConfig.from_dict(state["meta"]["train_config"])
-        if (saved.model, saved.data) != (cfg.model, cfg.data):
-            raise AbnetError(f"cannot resume {run_dir}: it trains {saved.model} on {saved.data}, "
-                             f"not {cfg.model} on {cfg.data}")
-    options = cfg.data_options()  # missing or malformed data fails here, before anything is written
-    train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
-    val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
-    if model_info(cfg.model).is_multitask and not train_set.labels.is_floating_point():
-        raise AbnetError(f"{cfg.model} learns binary attributes, but {cfg.data} has one class per image; use an "
-                         "attribute data set (celeba, shapes-multi) or a single-task model (name_abn)")
-    if cfg.pos_weight and not train_set.labels.is_floating_point():
-        raise AbnetError(f"--pos-weight applies to attribute data (celeba, shapes-multi), not {cfg.data}")
-    torch.manual_seed(cfg.seed)
-    initial = replace(cfg, pretrained=False, weights=None) if resume else cfg  # resuming: weights from last.pt
-    model = model or build_model(initial, train_set.num_classes)  # missing pretrained weights fail here, too
-    job.barrier()  # every process has checked everything before the first one writes
-    handler = None
-    if job.is_main:  # only rank 0 writes files
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if force and not resume:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-        handler = _log_to(run_dir / "train.log")
-    try:
-        return _fit(cfg, spec, run_dir, (train_set, val_set), state, progress and job.is_main, model, job, device)
-    finally:
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-
-
-def _fit(
-    cfg: TrainConfig, spec: DataSpec, run_dir: Path, data: tuple, state: dict | None, progress: bool,
-    model: nn.Module, job: Distributed, device: torch.device,
-) -> dict[str, Any]:
-    train_set, val_set = data
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-    if cfg.sync_bn and job.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    trained = model if job.world == 1 else nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = Compiled(trained) if cfg.compile else trained
-    tensorboard = _tensorboard(run_dir) if job.is_main else None
-    # Training loss only: validation losses stay unweighted, comparable between runs.
-    pos_weight = balanced_pos_weight(train_set.labels).to(device) if cfg.pos_weight == "balanced" else None
-    train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
-                               channels_last=cfg.channels_last, workers=cfg.workers, cutout_size=cfg.cutout,
-                               rank=job.rank, world=job.world)
-    val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last, workers=cfg.workers)
-    meta = model_meta(model, classes=train_set.classes, mean=list(spec.mean), std=list(spec.std),
-                      image_size=list(train_set.image_size), data=cfg.data,
-                      multi_label=train_set.labels.is_floating_point(), train_config=asdict(cfg))
-
-    start_epoch, start_step, best = 0, 0, -1.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state.get("scaler", {}))
-        torch.set_rng_state(state["rng"])
-        start_epoch, start_step, best = state["epoch"], state.get("step", 0), state["best_accuracy"]
-        log.info("resuming %s at epoch %d of %d%s", run_dir, start_epoch + 1, cfg.epochs,
-                 f", step {start_step + 1}" if start_step else "")
-    else:
-        if job.is_main:
-            write_text(run_dir / "config.json", cfg.to_json())
-        log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs",
-                 cfg.model, f"{sum(p.numel() for p in model.parameters()):,}", cfg.data, len(train_set),
-                 len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs)
-    metrics = _keep_metrics_before(run_dir / "metrics.jsonl", start_epoch) if job.is_main else {}
-    if start_epoch >= cfg.epochs:
-        log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
-
-    def checkpoint(epoch: int, step: int, loss_sum: float = 0.0, seen: int = 0) -> None:
-        """Everything needed to continue after ``step`` steps of epoch ``epoch`` (0-based); rank 0 writes it."""
-        if not job.is_main:
-            return
-        save_state(run_dir / STATE_FILE, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "step": step,
-            "loss_sum": loss_sum, "seen": seen, "best_accuracy": best, "rng": torch.get_rng_state(), "meta": meta})
-
-    steps_per_epoch = len(train_loader)
-    with _stop_on_signals() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            skip = start_step if epoch == start_epoch else 0
-            loss_sum, seen = (state["loss_sum"], state["seen"]) if skip else (0.0, 0)
-            t0, timed = time.perf_counter(), 0
-            bar = tqdm(train_loader.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=None if progress else True)
-            for i, batch in enumerate(bar):
-                if i < skip:  # resuming mid-epoch: replay the loader's random draws, train nothing
-                    continue
-                lr = cfg.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = batch.images.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                    loss = model_loss(forward(x), y, pos_weight)
-                # One all-reduce per step (a no-op in one process): the global loss, and whether any process
-                # was asked to stop, so that all processes stop or fail at the same step.
-                loss_total, count, stopping = job.sums(loss.item() * len(y), len(y), stop.signal is not None)
-                value = loss_total / count
-                if not math.isfinite(value):
-                    raise AbnetError(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}; lower --lr "
-                                     f"(now {cfg.lr}); {run_dir / STATE_FILE} keeps the last good state")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss_total
-                seen += int(count)
-                timed += int(count)
-                bar.set_postfix(loss=f"{value:.3f}")
-                if stopping:
-                    checkpoint(epoch, i + 1, loss_sum, seen)
-                    raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} at epoch {epoch + 1}, step {i + 1};"
-                                          f" {run_dir / STATE_FILE} holds the state: continue with --resume")
-            seconds = time.perf_counter() - t0
-            val = evaluate(model, val_loader)
-            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val["loss"],
-                       "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
-                       **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val},
-                       "lr": lr, "images_per_s": timed / seconds, "seconds": seconds}
-            # Attributes: balanced accuracy, as plain accuracy rewards calling rare attributes absent.
-            score = val.get("mean_balanced_accuracy", val["accuracy"])
-            if score > best:
-                best = score
-                if job.is_main:
-                    save_weights(run_dir / WEIGHTS_FILE, model, {**meta, "epoch": epoch + 1, "val_accuracy":
-                                                                  val["accuracy"], "val_score": score})
-            checkpoint(epoch + 1, 0)
-            if job.is_main:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-            if tensorboard is not None:
-                for key, value in metrics.items():
-                    if key != "epoch" and value is not None:
-                        tensorboard.add_scalar(key, value, epoch + 1)
-                tensorboard.flush()
-            log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %.0f img/s  %.1fs",
-                     epoch + 1, cfg.epochs, metrics["train_loss"], val["accuracy"],
-                     "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}", lr,
-                     metrics["images_per_s"], seconds)
-            if job.sums(stop.signal is not None)[0]:
-                raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} after epoch {epoch + 1}; "
-                                      "continue with --resume")
-    return metrics
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the GPU if there is one, else the CPU; anything else as torch spells it, if it exists here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AbnetError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AbnetError(f"--device {name} asks for a CUDA GPU, but torch sees none here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise AbnetError(f"--device {name}: abnet trains on cpu or cuda")
-    return device
+def deterministic_kernels() -> None:
+    """Make GPU runs repeatable: deterministic cuDNN convolutions and cuBLAS workspaces, no autotuning. CPU
+    kernels here are deterministic already. (Ops without a deterministic CUDA kernel warn; ABN's only ones,
+    global average pools, get one gradient per input element, so their atomic adds are exact.)"""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class Compiled:
@@ -306,37 +390,6 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-class TrainingStopped(Exception):
-    """Training was stopped by SIGINT / SIGTERM after writing a resumable state."""
-
-
-class _StopFlag:
-    signal: str | None = None
-
-
-@contextmanager
-def _stop_on_signals():
-    """While training, SIGINT (Ctrl-C) and SIGTERM only raise a flag; the loop checkpoints at the end of the
-    current step and stops. A second signal interrupts at once. Outside the main thread nothing is installed."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.signal is not None:
-            raise KeyboardInterrupt
-        flag.signal = signal.Signals(signum).name
-        log.warning("%s received: saving a resumable state after this step", flag.signal)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _keep_metrics_before(path: Path, epoch: int) -> dict[str, Any]:
     """On resume, drop metric lines of epochs that will be trained again; returns the last kept line."""
     if not path.exists():
@@ -347,6 +400,7 @@ def _keep_metrics_before(path: Path, epoch: int) -> dict[str, Any]:
 
 
 def _log_to(path: Path) -> logging.Handler:
+    """Also log to ``path``, until the handler returned is removed."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)

@@ -2,7 +2,8 @@
 and metrics of how well maps localise objects and how faithful they are.
 
 ``abnet.explain(model, images)`` is :func:`abnet.explain.methods.explain`: this package is callable,
-so the function and the submodules (``abnet.explain.metrics``, ...) share the one name.
+so the function and the submodules (``abnet.explain.run``, ...) share the one name. The metrics
+that score maps live in :mod:`abnet.metrics`, below the engine, which scores maps too.
 """
 
 import sys

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.device import model_device
 from ..errors import AbnetError
+from ..metrics import upsample_maps
 from ..models import ABNOutput, perception_logits
-from .metrics import upsample_maps
 
 # Our name -> the pytorch-grad-cam class that computes it.
 GRAD_CAM_METHODS = {
@@ -56,16 +57,17 @@ def explain(model: nn.Module, images: Tensor, method: str = "abn", targets: Tens
     ``abn`` needs an ABN; the baselines work on an ABN (on its perception branch, which reads the
     ABN's own map) and on a plain model of abnet's zoo or ``abnet.wrap``. ``model`` may be the fast
     copy from :func:`abnet.models.inference.inference_model` for ``abn``. The model runs in eval mode and
-    is left in the mode it was in.
+    is left in the mode it was in. Each batch moves to the model's device; the explanation comes back on the CPU.
     """
     check_method(model, method)
     if len(images) == 0:
         raise AbnetError("no images to explain")
+    device = model_device(model)
     was_training = model.training
     model.eval()  # maps and predictions of the trained model, batch-norm statistics untouched
     try:
-        parts = [_explain_batch(model, images[i:i + batch_size], method,
-                                None if targets is None else targets[i:i + batch_size])
+        parts = [_on_cpu(_explain_batch(model, images[i:i + batch_size].to(device), method,
+                                        None if targets is None else targets[i:i + batch_size]))
                  for i in range(0, len(images), batch_size)]
     finally:
         model.train(was_training)
@@ -118,6 +120,12 @@ def _explain_batch(model: nn.Module, x: Tensor, method: str, targets: Tensor | N
     if method == "cam":
         return _cam(model, x, targets)
     return _grad_cam(model, x, method, targets)
+
+
+def _on_cpu(e: Explanation) -> Explanation:
+    """A batch's explanation on the CPU, where metrics, overlays and reports read it."""
+    return Explanation(e.maps.cpu(), e.logits.cpu(), None if e.att_logits is None else e.att_logits.cpu(),
+                       None if e.targets is None else e.targets.cpu(), e.method)
 
 
 def _branch_logits(out: ABNOutput | Tensor) -> tuple[Tensor, Tensor | None]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from torch import Tensor
 
 from ..fileio import atomic_write
-from .metrics import upsample_maps
+from ..metrics import upsample_maps
 
 
 def overlay(images: Tensor, attention: Tensor, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
@@ -19,6 +18,8 @@ def overlay(images: Tensor, attention: Tensor, alpha: float = 0.5, cmap: str = "
     The map is resized to the image and coloured with a perceptually uniform colour map, so
     bright means high attention.
     """
+    import matplotlib  # only here: importing abnet stays quick
+
     maps = upsample_maps(attention, tuple(images.shape[2:])).clamp(0, 1).numpy()
     colours = matplotlib.colormaps[cmap](maps)[..., :3]
     base = images.permute(0, 2, 3, 1).numpy() / 255.0

@@ -6,114 +6,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 
-from ..data.boxes import boxes_mask, read_voc_boxes
-from ..data.folder import IMAGE_EXTENSIONS, FolderIndex, read_rgb, resize_center
+from ..data.images import Inputs
 from ..data.loader import normalize
 from ..engine.attributes import attribute_pointing_game
-from ..errors import AbnetError, DataError
+from ..engine.device import model_device
+from ..errors import AbnetError
 from ..fileio import write_text
+from ..metrics import deletion_insertion, energy_in_mask, iou_at_threshold, pointing_game
 from ..models import perception_logits
 from ..models.inference import inference_model
+from ..models.meta import CheckpointMeta
 from .methods import Explanation, explain, minmax
-from .metrics import deletion_insertion, energy_in_mask, iou_at_threshold, pointing_game
 from .overlay import overlay, save_grid
 from .report import ReportItem, write_report
-
-FAR_FROM_TRAINING_SIZE = 2.0  # a resize by more than this factor either way gets a warning in the note
-
-
-@dataclass
-class Inputs:
-    """Images to explain, resized to the model's input size, with whatever truth is known."""
-
-    images: Tensor  # uint8 (N, 3, S, S)
-    names: list[str]
-    labels: Tensor | None = None  # (N,) class indices or (N, T) 0/1 attributes
-    masks: Tensor | None = None  # (N, H, W) or (N, T, H, W) bool
-    notes: list[str | None] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-
-
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The image files named, and those in the folders named (recursively, sorted)."""
-    files: list[Path] = []
-    for given in map(Path, paths):
-        if given.is_dir():
-            files += sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        elif given.exists():
-            files.append(given)
-        else:
-            raise AbnetError(f"{given} does not exist; give image files or folders of images")
-    if not files:
-        raise AbnetError(f"no image files ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in {', '.join(map(str, paths))}")
-    return files
-
-
-def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None,
-                boxes_dir: Path | None = None) -> Inputs:
-    """Decode and resize every file to ``size`` x ``size`` (shorter side, centre crop); unreadable ones are
-    listed in ``failures`` with the reason instead of stopping the run. ``labels``, one per file, are kept
-    for the files read. With ``boxes_dir``, each image's object boxes (``<stem>.xml``, Pascal VOC / ImageNet
-    format) become its mask; an image without a readable box file is listed too."""
-    images, names, notes, failures, kept, masks = [], [], [], [], [], []
-    for i, path in enumerate(files):
-        try:
-            img = read_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            failures.append((str(path), f"unreadable image ({type(err).__name__}: {str(err)[:80]})"))
-            continue
-        w, h = img.size
-        if boxes_dir is not None:
-            try:
-                masks.append(_box_mask(boxes_dir / f"{path.stem}.xml", w, h, size))
-            except DataError as err:
-                failures.append((str(path), str(err)))
-                continue
-        note = None
-        if (w, h) != (size, size):
-            scale = size / min(w, h)
-            far = scale > FAR_FROM_TRAINING_SIZE or scale < 1 / FAR_FROM_TRAINING_SIZE
-            note = (f"resized from {w}x{h} to {size}x{size}" + (" (centre crop)" if w != h else "")
-                    + (f"; far from the training size {size}x{size}, maps may be less reliable" if far else ""))
-        images.append(torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1))
-        names.append(path.name)
-        notes.append(note)
-        kept.append(i)
-    stacked = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return Inputs(stacked, names, None if labels is None else labels[kept], torch.stack(masks) if masks else None,
-                  notes=notes, failures=failures)
-
-
-def _box_mask(path: Path, width: int, height: int, size: int) -> Tensor:
-    """The mask of the boxes in ``path`` for a width x height image resized to ``size``."""
-    if not path.is_file():
-        raise DataError(f"no box file {path}")
-    stated, boxes = read_voc_boxes(path)
-    if stated is not None and stated != (width, height):  # boxes drawn on another size of the same image
-        sx, sy = width / stated[0], height / stated[1]  # 1-based inclusive: pixel x0 starts at x0 - 1
-        boxes = [((x0 - 1) * sx + 1, (y0 - 1) * sy + 1, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
-    return boxes_mask(boxes, width, height, size)
-
-
-def dataset_inputs(data: Any, split: str, boxes_dir: Path | None = None) -> Inputs:
-    """A data set split (an in-memory ImageSet, or a FolderIndex of files) as inputs with their truth."""
-    if isinstance(data, FolderIndex):
-        return read_images(data.paths, data.size, data.labels, boxes_dir)
-    if boxes_dir is not None:
-        raise AbnetError("--boxes applies to images read from files (image folders, your own files), not to "
-                         "a data set held in memory")
-    names = [f"{split} #{i}" for i in range(len(data))]
-    return Inputs(data.images, names, data.labels, data.masks, notes=[None] * len(data))
 
 
 @dataclass
@@ -135,10 +47,12 @@ def compute_maps(model: nn.Module, x: Tensor, methods: Sequence[str], fast: nn.M
 
 
 def probability_fn(fast: nn.Module, multi_label: bool) -> Callable[[Tensor], Tensor]:
-    """Model input -> class probabilities of the perception branch (softmax, or sigmoid per attribute)."""
+    """Model input -> class probabilities of the perception branch (softmax, or sigmoid per attribute); the
+    input moves to the model's device."""
+    device = model_device(fast)
 
     def predict(x: Tensor) -> Tensor:
-        return probabilities(perception_logits(fast(x)), multi_label)
+        return probabilities(perception_logits(fast(x.to(device))), multi_label)
 
     return predict
 
@@ -236,7 +150,7 @@ def _truth(inputs: Inputs, i: int, classes: list[str], logits: Tensor,
 
 def run_explain(
     model: nn.Module,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     inputs: Inputs,
     out: str | Path,
     methods: Sequence[str] = ("abn",),
@@ -253,14 +167,14 @@ def run_explain(
     out = Path(out)
     if len(inputs.images) == 0:
         raise AbnetError("none of the images could be read: " + "; ".join(f"{f}: {r}" for f, r in inputs.failures[:3]))
-    classes = list(meta["classes"])
-    x = normalize(inputs.images, tuple(meta["mean"]), tuple(meta["std"]))
+    classes = list(meta.classes)
+    x = normalize(inputs.images, meta.mean, meta.std)
     fast = inference_model(model, compile=compile) if "abn" in methods else None
     results = compute_maps(model, x, methods, fast, batch_size)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     # Attribute data: from the checkpoint, or (checkpoints written before it said so) from the labels or maps.
-    multi_label = bool(meta.get("multi_label")) or next(iter(results.values())).explanation.maps.dim() == 4 or (
+    multi_label = meta.multi_label or next(iter(results.values())).explanation.maps.dim() == 4 or (
         inputs.labels is not None and inputs.labels.is_floating_point())
     if metrics:
         predict = probability_fn(fast or inference_model(model), multi_label)
@@ -276,7 +190,7 @@ def run_explain(
     report_info = {**(info or {}), "images": str(len(inputs.images)), "methods": ", ".join(methods),
                    "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     table = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows] or None
-    write_report(out / "report.html", items, title=f"abnet explain: {meta['model_config']['model']}",
+    write_report(out / "report.html", items, title=f"abnet explain: {meta.model_name}",
                  metrics=table, failures=inputs.failures, info=report_info)
     files = ["report.html", "grid.png"] + (["metrics.json"] if metrics else [])
     return {"files": files, "metrics": rows, "failures": inputs.failures, "images": len(inputs.images)}

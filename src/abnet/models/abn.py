@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import init_weights
+from .hub import PretrainedMixin
 
 MASK_MODES = ("residual", "multiply", "none")
 
@@ -105,7 +106,7 @@ def apply_mask(g: Tensor, attention: Tensor, mode: str) -> Tensor:
     raise ValueError(f"unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}")
 
 
-class ABN(nn.Module):
+class ABN(PretrainedMixin, nn.Module):
     """An Attention Branch Network around the parts a backbone family provides.
 
     ``model(x)`` returns an :class:`ABNOutput`; ``model(x, attention=M)`` makes the perception
@@ -160,7 +161,7 @@ def _as_map(attention: Tensor, shape: torch.Size) -> Tensor:
         ) from None
 
 
-class Classifier(nn.Module):
+class Classifier(PretrainedMixin, nn.Module):
     """The plain baseline: the same feature extractor and head, no attention branch.
 
     Returns logits; ``features`` and ``head`` are the hook points.

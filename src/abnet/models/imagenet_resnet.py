@@ -21,26 +21,39 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from .abn import BackboneSplit
 from .common import ClassifierHead, init_weights
 from .registry import register_pair
 
-Block = type[BasicBlock] | type[Bottleneck]
+# A block class (torchvision's BasicBlock, Bottleneck or a subclass), or the name of torchvision's: the
+# names keep torchvision (seconds to import) out of `import abnet` until a model is built.
+Block = type[nn.Module] | str
 
 # name -> (block, blocks per stage), torchvision's configurations.
 ARCHS: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
-    "resnet101": (Bottleneck, (3, 4, 23, 3)),
-    "resnet152": (Bottleneck, (3, 8, 36, 3)),
+    "resnet18": ("BasicBlock", (2, 2, 2, 2)),
+    "resnet34": ("BasicBlock", (3, 4, 6, 3)),
+    "resnet50": ("Bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("Bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("Bottleneck", (3, 8, 36, 3)),
 }
+
+
+def block_class(block: Block) -> type[nn.Module]:
+    """A block class as given, or torchvision's ``BasicBlock`` / ``Bottleneck`` by name."""
+    if isinstance(block, str):
+        from torchvision.models import resnet
+
+        return getattr(resnet, block)
+    return block
 
 
 def make_stage(block: Block, inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
     """torchvision's ``ResNet._make_layer`` as a function, so a stage can be built again at another stride."""
+    from torchvision.models.resnet import conv1x1
+
+    block = block_class(block)
     out_channels = planes * block.expansion
     downsample = None
     if stride != 1 or inplanes != out_channels:
@@ -55,6 +68,7 @@ def resnet_split(block: Block, layers: tuple[int, int, int, int], num_classes: i
     Module names follow torchvision (``features.conv1``, ``features.layer3``, ``head.stages`` = layer4,
     ``head.fc``), which is what makes its state dicts map key by key.
     """
+    block = block_class(block)
     expansion = block.expansion
     features = nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(3, 64, 7, 2, 3, bias=False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
 from .multitask import MultiTaskABN
+from .weights import build_with_weights
 
 SplitFn = Callable[..., BackboneSplit]
 
@@ -98,11 +100,15 @@ def model_info(name: str) -> ModelInfo:
     raise UnknownModelError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("resnet20_abn", num_classes=100, mask="residual")``.
 
-    The name and arguments are kept on the model as ``abnet_config`` so a checkpoint can rebuild it.
+    ``weights``: a file (or run folder) whose weights are loaded exactly after building: abnet's, the
+    ABN research code's ``model_best.pth.tar``, or any state dict in either's names (a backbone's for
+    ``tv:`` / ``timm:``); see :mod:`abnet.models.weights`. The name and the other arguments are kept on
+    the model as ``abnet_config`` so a checkpoint can rebuild it (without reading ``weights`` again).
     """
-    model = model_info(name).builder(**kwargs)
+    builder = model_info(name).builder
+    model = builder(**kwargs) if weights is None else build_with_weights(builder, name, weights, **kwargs)
     model.abnet_config = {"model": name, **kwargs}
     return model

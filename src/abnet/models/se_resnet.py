@@ -20,12 +20,11 @@ have; every other layer matches. With ``map_kernel=1`` the difference is K + 2.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
-from torchvision.ops import SqueezeExcitation
 
+from .abn import BackboneSplit
 from .imagenet_resnet import resnet_split
 from .registry import register_pair
 
@@ -34,21 +33,34 @@ REDUCTION = 16
 DEPTHS = {"se_resnet50": (3, 4, 6, 3), "se_resnet101": (3, 4, 23, 3)}
 
 
-class SEBottleneck(Bottleneck):
-    """torchvision's bottleneck whose residual branch is rescaled channel-wise by an SE unit."""
+@cache
+def se_bottleneck() -> type[nn.Module]:
+    """The SE bottleneck class, made on first use: importing torchvision takes seconds, ``import abnet`` does not."""
+    from torchvision.models.resnet import Bottleneck
+    from torchvision.ops import SqueezeExcitation
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__(inplanes, planes, stride, downsample)
-        channels = planes * self.expansion
-        self.se = SqueezeExcitation(channels, channels // REDUCTION)
+    class SEBottleneck(Bottleneck):
+        """torchvision's bottleneck whose residual branch is rescaled channel-wise by an SE unit."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.se(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+        def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+            super().__init__(inplanes, planes, stride, downsample)
+            channels = planes * self.expansion
+            self.se = SqueezeExcitation(channels, channels // REDUCTION)
+
+        def forward(self, x: Tensor) -> Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.se(self.bn3(self.conv3(out)))
+            return self.relu(out + identity)
+
+    return SEBottleneck
+
+
+def se_resnet_split(layers: tuple[int, int, int, int], num_classes: int, attention: bool) -> BackboneSplit:
+    """The ABN cut of an SE-ResNet: the ImageNet ResNet's, with SE bottlenecks."""
+    return resnet_split(se_bottleneck(), layers, num_classes, attention)
 
 
 for _name, _layers in DEPTHS.items():
-    register_pair(_name, partial(resnet_split, SEBottleneck, _layers), input_size=(3, 224, 224))
+    register_pair(_name, partial(se_resnet_split, _layers), input_size=(3, 224, 224))

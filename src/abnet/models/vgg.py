@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from functools import partial
 
 from torch import Tensor, nn
-from torchvision.models import vgg as tv_vgg
 
 from .abn import BackboneSplit
 from .common import init_weights
@@ -38,6 +37,8 @@ def vgg_split(config: str, num_classes: int, attention: bool) -> BackboneSplit:
     ``nn.Sequential`` keeps the indices, so every key is torchvision's, with ``head.`` in front for
     block 5 and the classifier.
     """
+    from torchvision.models import vgg as tv_vgg
+
     net = tv_vgg.VGG(tv_vgg.make_layers(tv_vgg.cfgs[config], batch_norm=True), num_classes=num_classes)
     pools = [i for i, layer in enumerate(net.features) if isinstance(layer, nn.MaxPool2d)]
     features, net.features = net.features[: pools[3] + 1], net.features[pools[3] + 1 :]

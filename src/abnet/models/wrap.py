@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
 from .registry import ModelInfo, register_prefix
+from .weights import read_state_dict
 
 
 def stages_of(backbone: nn.Module) -> list[nn.Module]:
@@ -244,20 +246,8 @@ def local_pretrained_state(arch: str) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file or a torch file loaded with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise AbnetError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise AbnetError(f"{path} is not a readable weights file ({type(err).__name__}); pass a state dict saved "
-                         "with torch.save or safetensors") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    """The state dict in a weights file, recognised by content (see :func:`abnet.models.weights.read_state_dict`)."""
+    return read_state_dict(path)[0]
 
 
 def local_timm_state(arch: str) -> dict[str, torch.Tensor]:
@@ -293,11 +283,12 @@ def _builder(source: str, arch: str, is_abn: bool):
     make, pretrained_state = {"torchvision": (_make_torchvision, local_pretrained_state),
                               "timm": (_make_timm, local_timm_state)}[source]
 
-    def build(num_classes: int = 1000, pretrained: bool = False, weights: str | None = None,
+    def build(num_classes: int = 1000, pretrained: bool = False, weights: str | Mapping[str, Tensor] | None = None,
               mask: str = "residual", map_kernel: int = 3, **kwargs: Any) -> nn.Module:
         backbone = make(arch, **kwargs)
-        if pretrained or weights:
-            state = load_state_dict_file(weights) if weights else pretrained_state(arch)
+        if pretrained or weights is not None:  # weights: a file, or the state dict create_model read from one
+            state = pretrained_state(arch) if weights is None else (
+                weights if isinstance(weights, Mapping) else load_state_dict_file(weights))
             try:
                 backbone.load_state_dict(state)
             except RuntimeError as err:

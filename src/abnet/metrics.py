@@ -1,4 +1,7 @@
-"""How good attention maps are: localisation against ground-truth masks, faithfulness by deletion and insertion."""
+"""How good attention maps are: localisation against ground-truth masks, faithfulness by deletion and insertion.
+
+Torch only, at the bottom of the package: evaluation (engine) and explanation (explain) both score maps.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,56 @@
+"""How `abnet train` settles its settings: config file, resumed run and flags; sizes from the model."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run_cli, save_random_image
+
+from abnet.engine.config import TrainConfig
+from abnet.errors import AbnetError
+
+
+def test_flags_override_a_config_file_and_a_resumed_run(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": "resnet20", "data": "shapes", "epochs": 3, "lr": 0.5}))
+    cfg = TrainConfig.from_sources({"out": "r", "lr": 0.2}, str(config))
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.out) == ("resnet20", 3, 0.2, "r")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig(model="resnet20_abn", epochs=4, out=str(run)).to_json())
+    resumed = TrainConfig.from_sources({"out": str(run), "epochs": 6}, str(config), resume=True)
+    assert (resumed.model, resumed.epochs, resumed.lr) == ("resnet20_abn", 6, 0.1)  # the run's, not --config's
+    with pytest.raises(AbnetError, match="--model, --data required"):
+        TrainConfig.from_sources({"out": "r"})
+    with pytest.raises(AbnetError, match="--resume needs --out"):
+        TrainConfig.from_sources({}, resume=True)
+
+
+def test_folders_are_read_at_the_model_input_size_unless_told():
+    assert TrainConfig(model="resnet50_abn", data="imagefolder").resolved().image_size == 224
+    assert TrainConfig(model="resnet20_abn", data="celeba").resolved().image_size == 32
+    assert TrainConfig(model="resnet50_abn", data="imagefolder", image_size=96).resolved().image_size == 96
+    assert TrainConfig(model="resnet50_abn", data="shapes").resolved().image_size is None  # generated: 32
+
+
+def test_a_folder_of_small_images_trains_at_the_model_size_and_says_so(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(4):
+                save_random_image(tmp_path / "data" / split / name / f"{i}.png", (32, 32, 3), rng)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", "--data", "imagefolder", "--data-root",
+                           str(tmp_path / "data"), "--epochs", "1", "--batch-size", "8", "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["image_size"] == 32
+    assert "of 32x32" in err and "of 32x32" in (out / "train.log").read_text()
+
+
+def test_a_log_every_of_zero_in_a_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": "resnet20_abn", "data": "shapes", "log_every": 0}))
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "log-every must be >= 1")
+    assert not (tmp_path / "r").exists()
