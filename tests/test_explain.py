@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from abnet.metrics import energy_in_mask, pointing_game
 from abnet.explain.overlay import overlay, save_grid
+from abnet.metrics import energy_in_mask, pointing_game
 
 
 def _square_masks():

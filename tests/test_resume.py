@@ -224,8 +224,8 @@ def test_log_every_reads_the_loss_back_every_n_steps_and_stops_there(tmp_path, m
     assert (load_state(out / "last.pt")["epoch"], load_state(out / "last.pt")["step"]) == (0, 4)
     reads["n"] = 0
     train(cfg, resume=True, progress=False)
-    # epoch 1: step 6 (its end) and the stop check after it; epoch 2: steps 4 and 6 and the stop check
-    assert reads["n"] == 5
+    # epoch 1: step 6 (its end) and the stop check after it; epoch 2: steps 4 and 6 (no stop check after the last)
+    assert reads["n"] == 4
     assert same_weights(load_state(out / "last.pt")["model"], small_uninterrupted[0])
 
 
@@ -245,7 +245,9 @@ def test_resume_of_a_truncated_state_is_one_line_and_overwrites_nothing(tmp_path
 
 
 @pytest.mark.parametrize("flag, value", [("--log-every", "0"), ("--device", "cuda:3")])
-def test_bad_engine_flags_are_one_line(tmp_path, capsys, flag, value):
+def test_bad_engine_flags_are_one_line(tmp_path, capsys, monkeypatch, flag, value):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     out = tmp_path / "run"
     try:
         code = main(["train", "--model", "resnet20_abn", "--data", "shapes", "--out", str(out), flag, value])

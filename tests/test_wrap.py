@@ -109,7 +109,7 @@ def test_weights_from_a_file_and_a_file_of_another_architecture(tmp_path):
 
 
 @pytest.mark.parametrize("model, needle", [("tv:resnet18_abn", "not in the local cache"),
-                                           ("resnet20_abn", "apply to tv:<name> and timm:<name> models")])
+                                           ("resnet20_abn", "to tv:<name> and timm:<name> models")])
 def test_cli_pretrained_weights_missing_or_misapplied(tmp_path, monkeypatch, capsys, model, needle):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     out = tmp_path / "run"

@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build --model with the weights of FILE (an abnet checkpoint, a state dict, or "
                                    "the ABN research code's model_best.pth.tar) and write a save_pretrained folder: "
                                    "config.json, model.safetensors and a README.md model card, with the research "
-                                   "code's input normalisation and, given --data, the data set's class names. "
-                                   "abnet eval/explain DIR and abnet.from_pretrained(DIR) read it.")
+                                   "code's input normalisation and, given --data, the data set's class names (an "
+                                   "abnet checkpoint keeps its own). abnet eval/explain DIR and "
+                                   "abnet.from_pretrained(DIR) read it.")
     p.add_argument("file", help="the weights file")
     p.add_argument("--model", required=True, help="registered model name of the weights, e.g. resnet110_abn")
     p.add_argument("--num-classes", type=positive_int, required=True, help="outputs the weights were trained for")
@@ -310,14 +311,11 @@ def _load_on_device(args: argparse.Namespace) -> tuple[Any, CheckpointMeta]:
 
 def _checkpoint_data(args: argparse.Namespace, meta: CheckpointMeta) -> tuple[Any, str]:
     """The split of ``args.data`` to evaluate or explain a checkpoint on, read the way it was trained."""
-    from .data.registry import DataOptions, data_spec, load_dataset
+    from .data.registry import data_spec, load_dataset
     from .errors import AbnetError
 
     spec = data_spec(args.data)
-    trained_with = meta.train_config  # how the checkpoint's data was read
-    options = DataOptions(root=args.data_root and Path(args.data_root), image_size=meta.image_size[0],
-                          seed=args.seed, coarse=trained_with.get("coarse", False),
-                          val_fraction=trained_with.get("val_fraction", 0.1))
+    options = meta.data_options(Path(args.data_root) if args.data_root else None, args.seed)
     split = args.split or spec.eval_split(options)
     data = load_dataset(args.data, split, args.limit, options)
     if data.num_classes != len(meta.classes):
@@ -379,8 +377,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .engine.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    info = export_model(model, meta, args.out, args.format)
+    info = export_model(model, meta, args.out, args.format)  # creates the folder of --out once the export is checked
     print(f"wrote {args.out} ({args.format}): input images (N, 3, {info.image_size[0]}, {info.image_size[1]}); "
           f"outputs {', '.join(info.outputs)}" + (f" (attention: N, {info.num_maps}, h, w)" if info.is_abn else ""))
     return 0

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from .base import ImageSet
-from .loader import Batch, cutout, epoch_generator, normalize
+from .loader import Batch, cutout, epoch_generator, normalize, steps_per_epoch
 
 log = logging.getLogger("abnet")
 
@@ -178,20 +178,22 @@ class _FolderDataset(torch.utils.data.Dataset):
 
 
 class _EpochOrder(torch.utils.data.Sampler):
-    """Yields (epoch, index) keys: shuffled by (seed, epoch) for training, in order otherwise."""
+    """Yields, per step, this process's (epoch, index) keys: global batch k of the epoch's order (shuffled by
+    (seed, epoch) for training), every world-th image from rank on, from step ``start`` on."""
 
-    def __init__(self, n: int, train: bool, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.train, self.seed, self.epoch, self.start = n, train, seed, 0, 0
-        self.rank, self.world = rank, world  # multi-process training: every world-th image from rank on
+    def __init__(self, n: int, batch_size: int, train: bool, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.train, self.seed, self.epoch, self.start = n, batch_size, train, seed, 0, 0
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return steps_per_epoch(self.n, self.batch_size, self.world)
 
     def __iter__(self):
-        """This epoch's keys from the ``start``-th on (a resumed epoch skips the ones already trained)."""
         order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)) if self.train \
             else torch.arange(self.n)
-        return iter([(self.epoch, int(i)) for i in order[self.rank::self.world][self.start:]])
+        for step in range(self.start, len(self)):
+            keys = order[step * self.batch_size:(step + 1) * self.batch_size][self.rank::self.world]
+            yield [(self.epoch, int(i)) for i in keys]
 
 
 def _collate(samples: list[tuple[torch.Tensor | None, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -210,24 +212,25 @@ class FolderLoader:
                  rank: int = 0, world: int = 1):
         self.index, self.batch_size, self.mean, self.std = index, batch_size, mean, std
         self.cutout_size, self.channels_last = cutout_size if train else 0, channels_last
-        self.order = _EpochOrder(len(index.paths), train, seed, rank, world)
+        self.train = train
+        self.order = _EpochOrder(len(index.paths), batch_size, train, seed, rank, world)
         self.loader = torch.utils.data.DataLoader(
-            _FolderDataset(index, index.size, train, seed), batch_size=batch_size // world, sampler=self.order,
-            num_workers=workers, collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0)
+            _FolderDataset(index, index.size, train, seed), batch_sampler=self.order, num_workers=workers,
+            collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
-        """The batches of one epoch from batch ``start`` on (earlier ones are not read)."""
-        self.order.epoch, self.order.start = epoch, start * self.loader.batch_size
+        """The batches of one epoch from batch ``start`` on (earlier ones are not read). In training, a batch
+        whose images were all unreadable is yielded empty, so that batch k stays step k."""
+        self.order.epoch, self.order.start = epoch, start
         skipped = 0
         for step, (images, labels, bad) in enumerate(self.loader, start):
             skipped += bad
-            if len(labels):
+            if len(labels) or self.train:
                 x = normalize(images, self.mean, self.std)
-                if self.cutout_size > 0:
+                if self.cutout_size > 0 and len(labels):
                     cutout(x, self.cutout_size, epoch_generator(self.order.seed, epoch, step))
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

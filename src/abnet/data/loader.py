@@ -67,6 +67,13 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
     return images.contiguous().float().mul_(scale).add_(shift)
 
 
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches in an epoch of ``n`` images; under torchrun a last batch with fewer images than processes is
+    dropped, so that every process trains on at least one image at every step."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= world)
+
+
 def epoch_generator(seed: int, epoch: int, step: int | None = None) -> torch.Generator:
     """The generator of epoch ``epoch``'s order (``step`` None) or of batch ``step``'s augmentation."""
     key = seed * 100_003 + epoch if step is None else ((seed * 100_003 + epoch) * 1_000_003 + step) * 7 + 1
@@ -106,7 +113,7 @@ class InMemoryLoader:
         self.rank, self.world = rank, world  # multi-process training: this process's share of each batch
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+        return steps_per_epoch(len(self.data), self.batch_size, self.world)
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """The batches of one epoch from batch ``start`` on; for training, a function of (seed, epoch) only."""

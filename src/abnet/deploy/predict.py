@@ -115,8 +115,8 @@ def _predict_batch(predictor: Predictor, batch: list[_Item], images: Tensor, f: 
                    top_k: int, summary: PredictSummary) -> None:
     info = predictor.info
     out = predictor(images)
-    perception = _probabilities(out["logits"], info.multi_label)
-    attention = _probabilities(out["att_logits"], info.multi_label) if info.is_abn else None
+    perception = probabilities(out["logits"], info.multi_label)
+    attention = probabilities(out["att_logits"], info.multi_label) if info.is_abn else None
     for i, item in enumerate(batch):
         record: dict[str, Any] = {"path": str(item.path), "width": item.size[0], "height": item.size[1],
                                   "perception": _ranked(perception[i], info, top_k)}
@@ -127,11 +127,6 @@ def _predict_batch(predictor: Predictor, batch: list[_Item], images: Tensor, f: 
             summary.maps += out["attention"].shape[1]
         f.write(json.dumps(record) + "\n")
     summary.images += len(batch)
-
-
-def _probabilities(logits: Tensor, multi_label: bool) -> Tensor:
-    """A softmax over classes, or a sigmoid per attribute."""
-    return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
 
 
 def _ranked(probabilities: Tensor, info: ExportInfo, top_k: int) -> list[dict[str, Any]] | dict[str, float]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import AbnetError, CheckpointError
@@ -29,7 +28,7 @@ from ..models import create_model
 from ..models.hub import describe
 from ..models.locate import ACCEPTED, STATE_FILE, WEIGHTS_FILE, CheckpointFiles, locate_checkpoint
 from ..models.meta import CheckpointMeta
-from ..models.weights import META_KEY, read_state_dict
+from ..models.weights import META_KEY, read_state_dict, write_safetensors
 
 __all__ = ["STATE_FILE", "WEIGHTS_FILE", "CheckpointMeta", "from_pretrained", "load_checkpoint", "load_state",
            "model_meta", "read_checkpoint", "save_state", "save_weights"]
@@ -60,11 +59,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 def save_weights(path: str | Path, model: nn.Module, meta: CheckpointMeta | dict[str, Any]) -> None:
     """Atomically save the model's weights as safetensors with ``meta`` (checked, as JSON) in the header."""
-    if not isinstance(meta, CheckpointMeta):
-        meta = CheckpointMeta.from_dict(meta, "the metadata to save")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {META_KEY: json.dumps(meta.to_dict())}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    meta = CheckpointMeta.of(meta, "the metadata to save")
+    write_safetensors(path, model, {META_KEY: json.dumps(meta.to_dict())})
 
 
 def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class Distributed:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     launched: bool = False  # started by torchrun: a process group exists (even of one process)
+    owns_group: bool = False  # the process group was made by setup(), which also closes it
 
     @property
     def is_main(self) -> bool:
@@ -63,21 +64,28 @@ def setup(device_type: str) -> Distributed:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cpu")
     if device_type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise AbnetError(f"process {local_rank} of this machine has no GPU of its own: torch sees "
-                             f"{torch.cuda.device_count()}; start at most that many processes per machine")
-        device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if count == 1:  # each process sees only its own GPU (e.g. SLURM --gpus-per-task=1)
+            device = torch.device("cuda", 0)
+        elif local_rank < count:
+            device = torch.device("cuda", local_rank)
+        else:
+            raise AbnetError(f"process {local_rank} of this machine has no GPU of its own: torch sees {count}; "
+                             "start at most that many processes per machine")
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device, launched=True)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device, launched=True,
+                       owns_group=owns_group)
 
 
 def shutdown(job: Distributed) -> None:
-    if job.launched and dist.is_initialized():
+    """Close the process group if :func:`setup` made it (one the caller made is the caller's)."""
+    if job.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

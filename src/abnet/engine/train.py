@@ -25,10 +25,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..data.loader import Batch
 from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
 from ..errors import AbnetError
 from ..fileio import write_text
 from ..models import balanced_pos_weight, create_model, model_info
+from ..models.meta import CheckpointMeta
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
 from .device import resolve_device
@@ -82,7 +84,7 @@ def fit(trainer: Trainer, state: RunState) -> dict[str, Any]:
                                       f"{state.step}; {trainer.run_dir / STATE_FILE} holds the state: continue "
                                       "with --resume")
             metrics = trainer.end_epoch(state)
-            if trainer.job.sums(stop.raised)[0]:
+            if state.epoch < trainer.cfg.epochs and trainer.job.sums(stop.raised)[0]:
                 raise TrainingStopped(f"stopped by {stop.signal or 'a signal'} after epoch {state.epoch}; "
                                       "continue with --resume")
     return metrics
@@ -116,8 +118,9 @@ class Trainer:
                               torch.preserve_format)
         if cfg.sync_bn and job.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # Fused on CUDA: one kernel, and with the loss scaler no host read of its inf check.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+                                         weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
         # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
@@ -144,7 +147,8 @@ class Trainer:
         """Load a last.pt state: weights, optimizer, loss scaler and this process's RNG states."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scaler.load_state_dict(saved.get("scaler", {}))
+        if saved.get("scaler"):  # empty when written with the scaler off (CPU, fp32)
+            self.scaler.load_state_dict(saved["scaler"])
         rng = saved["rng"]
         mine = rng[self.job.rank] if isinstance(rng, list) and len(rng) == self.job.world else None
         if isinstance(rng, torch.Tensor):  # written before per-process states were kept
@@ -183,16 +187,12 @@ class Trainer:
             lr = cfg.lr_at(state.epoch * steps + step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x = batch.images.to(self.device, non_blocking=True)
-            y = batch.labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
-                loss = model_loss(self.forward(x), y, self.pos_weight)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            window += loss.detach().double() * len(y)
-            window_images += len(y)
+            if len(batch.labels):
+                window += self.step(batch) * len(batch.labels)
+                window_images += len(batch.labels)
+            elif self.job.launched:  # the other processes would wait for this one's gradients forever
+                raise AbnetError(f"every image of batch {step + 1} of epoch {state.epoch + 1} on process "
+                                 f"{self.job.rank} was unreadable; remove the files the warnings name")
             if (step + 1) % self.log_every and step + 1 < steps:
                 continue
             # Log step: the global loss of the window, and whether any process was asked to stop, so that all
@@ -212,6 +212,18 @@ class Trainer:
                 return False
         self.epoch_seconds = time.perf_counter() - t0
         return True
+
+    def step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step on a batch; returns its loss (on the device, not read back)."""
+        x = batch.images.to(self.device, non_blocking=True)
+        y = batch.labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp):
+            loss = model_loss(self.forward(x), y, self.pos_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach().double()
 
     def end_epoch(self, state: RunState) -> dict[str, Any]:
         """Evaluate the epoch just trained, keep the best weights, save the state, and log the epoch's line."""
@@ -273,10 +285,7 @@ def _prepare(
     saved = None
     if resume:
         saved = load_state(run_dir / STATE_FILE)  # a damaged state fails here, before anything is written
-        before = TrainConfig.from_dict(saved["meta"]["train_config"])
-        if (before.model, before.data) != (cfg.model, cfg.data):
-            raise AbnetError(f"cannot resume {run_dir}: it trains {before.model} on {before.data}, "
-                             f"not {cfg.model} on {cfg.data}")
+        check_resumable(cfg, CheckpointMeta.from_dict(saved["meta"], str(run_dir / STATE_FILE)), run_dir)
     options = cfg.data_options()  # missing or malformed data fails here, before anything is written
     train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
     val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
@@ -317,6 +326,20 @@ def _prepare(
     if state.epoch >= cfg.epochs:
         log.info("%s has already trained all %d epochs; pass a larger --epochs to continue", run_dir, cfg.epochs)
     return trainer, state
+
+
+# Settings that decide which images each step trains on: a resumed run must keep them.
+RESUME_FIXED = ("model", "data", "batch_size", "seed", "limit_train", "image_size", "val_fraction", "coarse")
+
+
+def check_resumable(cfg: TrainConfig, meta: CheckpointMeta, run_dir: Path) -> None:
+    """Refuse to resume a run with settings that would make its saved step point at other images."""
+    before = TrainConfig.from_dict(meta.train_config, f"{run_dir / STATE_FILE}'s settings").resolved()
+    changed = [f"--{k.replace('_', '-')} {getattr(before, k)} -> {getattr(cfg, k)}" for k in RESUME_FIXED
+               if getattr(before, k) != getattr(cfg, k)]
+    if changed:
+        raise AbnetError(f"cannot resume {run_dir} with other data settings ({', '.join(changed)}); resume "
+                         "without them, or start a new run (--weights can start it from this one)")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:

@@ -21,6 +21,7 @@ from ..errors import AbnetError
 from ..fileio import write_text
 from ..metrics import deletion_insertion, energy_in_mask, iou_at_threshold, pointing_game
 from ..models import perception_logits
+from ..models.abn import probabilities
 from ..models.inference import inference_model
 from ..models.meta import CheckpointMeta
 from .methods import Explanation, explain, minmax
@@ -93,11 +94,6 @@ def _attribute_localisation(maps: Tensor, inputs: Inputs) -> dict[str, Any]:
     return {"pointing_game": per_attribute[seen].mean().item(),
             "energy_in_mask": ((energy * present).sum(0) / counts.clamp_min(1))[seen].mean().item(),
             "pointing_game_per_attribute": per_attribute.tolist()}
-
-
-def probabilities(logits: Tensor, multi_label: bool) -> Tensor:
-    """Class probabilities over the last dimension: softmax, or a sigmoid per attribute."""
-    return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
 
 
 def _top_k(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> list[tuple[str, float]]:

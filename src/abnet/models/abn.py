@@ -195,6 +195,12 @@ def perception_logits(output: ABNOutput | Tensor) -> Tensor:
     return output.logits if isinstance(output, ABNOutput) else output
 
 
+def probabilities(logits: Tensor, multi_label: bool) -> Tensor:
+    """Class probabilities over the last dimension, in float32: a softmax, or a sigmoid per attribute (the
+    counterpart of :func:`classification_loss`)."""
+    return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
+
+
 def classification_loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
     """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T).
 

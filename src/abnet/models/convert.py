@@ -1,6 +1,6 @@
 """``abnet convert``: weights trained elsewhere (the ABN research code's ``model_best.pth.tar``, a plain state
 dict) as a ``save_pretrained`` folder that carries what the weights need to be used: the research code's
-input normalisation and, given the data set, its class names."""
+input normalisation and, given the data set, its class names. An abnet checkpoint keeps its own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from ..data.registry import IMAGENET_MEAN, IMAGENET_STD, DataOptions, data_spec, load_dataset
 from ..errors import AbnetError
 from .hub import check_target, save_pretrained
+from .meta import CheckpointMeta
 from .registry import create_model, model_info
 
 # The research code's input normalisation by input size: cifar.py uses one mean/std for CIFAR-10 and
@@ -39,16 +40,24 @@ def convert_checkpoint(
 ) -> Path:
     """Build ``model`` with the weights of ``file`` and write it to the folder ``out``; returns the folder.
 
-    Without ``data`` the classes are named 0..K-1. Raises a one-line :class:`AbnetError` before writing
-    anything if the model, the data set or the weights do not fit.
+    Weights trained elsewhere get the research code's input normalisation and, without ``data``, the class
+    names 0..K-1. An abnet checkpoint keeps its own metadata (normalisation, class names, data set, figures).
+    Raises a one-line :class:`AbnetError` before writing anything if the model, the data set or the weights
+    do not fit.
     """
+    folder = check_target(out, overwrite)
+    net = create_model(model, num_classes=num_classes, weights=str(file))
+    own: CheckpointMeta | None = getattr(net, "abnet_meta", None)
+    if own is not None:
+        if data is not None and data != own.data:
+            raise AbnetError(f"{file} is abnet's {own.model_name} trained on {own.data or 'unrecorded data'}, not "
+                             f"{data}; leave out --data (its own class names and normalisation are kept)")
+        return save_pretrained(net, folder, own, overwrite=overwrite, license=license or own.license)
     size = model_info(model).input_size[1]
     if size not in RESEARCH_NORMALISATION:
         raise AbnetError(f"{model} reads {size} x {size} images; abnet convert knows the research code's input "
                          "normalisation for 32 x 32 (CIFAR) and 224 x 224 (ImageNet) models only")
-    folder = check_target(out, overwrite)
     classes = class_names(data, num_classes, data_root) if data else [str(i) for i in range(num_classes)]
-    net = create_model(model, num_classes=num_classes, weights=str(file))
     mean, std = RESEARCH_NORMALISATION[size]
     return save_pretrained(net, folder, overwrite=overwrite, classes=classes, mean=mean, std=std,
                            image_size=(size, size), data=data, converted_from=Path(file).name, license=license)

@@ -1,8 +1,9 @@
 """``model.save_pretrained(DIR)``: a model as a Hugging Face-style folder that ``abnet.from_pretrained`` reads.
 
 DIR holds ``config.json`` (the model's :class:`~abnet.models.meta.CheckpointMeta`), ``model.safetensors``
-(its weights) and ``README.md`` (a model card). Each file is written atomically, config.json last, so a
-folder without it was never completed; nothing is written when the input is bad.
+(its weights) and ``README.md`` (a model card). Each file is written atomically, config.json last (an old one
+is removed first when overwriting), so a folder without it was never completed; nothing is written when the
+input is bad.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import AbnetError
-from ..fileio import atomic_write, write_text
+from ..fileio import write_text
 from .locate import CONFIG_FILE, MODEL_FILE
 from .meta import INITIAL_WEIGHTS, REQUIRED, CheckpointMeta
+from .weights import write_safetensors
 
 CARD_FILE = "README.md"
 _CARD_CLASSES = 20  # class names listed in the card; config.json has all
@@ -63,12 +64,12 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     """Write ``model`` as a ``save_pretrained`` folder; see :meth:`PretrainedMixin.save_pretrained`."""
     meta = describe(model, meta, **fields)
     folder = check_target(path, overwrite)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     card = model_card(model, meta, str(path))
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).unlink(missing_ok=True)  # written last: until then the folder reads as not completed
     try:
-        atomic_write(folder / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        write_safetensors(folder / MODEL_FILE, model, {"format": "pt"})
         write_text(folder / CARD_FILE, card)
         write_text(folder / CONFIG_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
     except BaseException:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ..data.registry import DataOptions
 
 META_VERSION = 1
 REQUIRED = ("model_config", "classes", "mean", "std", "image_size")
@@ -52,6 +56,14 @@ class CheckpointMeta:
         """The ``create_model`` arguments that rebuild the architecture (never fetching initial weights)."""
         return {k: v for k, v in self.model_config.items() if k != "model" and k not in INITIAL_WEIGHTS}
 
+    def data_options(self, root: Path | None = None, seed: int = 0) -> DataOptions:
+        """How this checkpoint's data was read (image size, coarse labels, validation share), for the data set's
+        files under ``root``; ``seed`` picks a generated set."""
+        from ..data.registry import DataOptions  # data's readers are not needed to build a model
+
+        trained = {key: self.train_config[key] for key in ("coarse", "val_fraction") if key in self.train_config}
+        return DataOptions(root=root, image_size=self.image_size[0], seed=seed, **trained)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: lists, numbers, strings; unset optional fields left out."""
         out: dict[str, Any] = {"version": self.version}
@@ -61,6 +73,11 @@ class CheckpointMeta:
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return {**out, **self.extra}
+
+    @classmethod
+    def of(cls, meta: CheckpointMeta | Mapping[str, Any], where: str) -> CheckpointMeta:
+        """``meta`` itself, or a stored record read and checked by :meth:`from_dict`."""
+        return meta if isinstance(meta, cls) else cls.from_dict(meta, where)
 
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> CheckpointMeta:

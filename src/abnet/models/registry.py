@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ def register_pair(name: str, split_fn: SplitFn, input_size: tuple[int, int, int]
                **kwargs: Any) -> nn.Module:
         return MultiTaskABN(split_fn, num_classes, shared=shared, mask=mask, map_kernel=map_kernel, **kwargs)
 
+    family = {key: p.default for key, p in inspect.signature(split_fn).parameters.items()
+              if p.default is not inspect.Parameter.empty}  # e.g. depth=28, widen=10 for wrn28_10
+    for builder in (plain, abn, abn_mt):
+        builder.family_defaults = family  # what a checkpoint that records no value was built with
     entries = ((name, plain, False, False), (f"{name}_abn", abn, True, False), (f"{name}_abn_mt", abn_mt, True, True))
     for key, *_ in entries:
         if key in _REGISTRY:
@@ -105,10 +110,15 @@ def create_model(name: str, weights: str | os.PathLike[str] | None = None, **kwa
 
     ``weights``: a file (or run folder) whose weights are loaded exactly after building: abnet's, the
     ABN research code's ``model_best.pth.tar``, or any state dict in either's names (a backbone's for
-    ``tv:`` / ``timm:``); see :mod:`abnet.models.weights`. The name and the other arguments are kept on
-    the model as ``abnet_config`` so a checkpoint can rebuild it (without reading ``weights`` again).
+    ``tv:`` / ``timm:``); see :mod:`abnet.models.weights`. An abnet file also gives the arguments left out
+    (mask, map_kernel, num_classes, family settings) and refuses those that differ from it. The name and the
+    arguments are kept on the model as ``abnet_config`` so a checkpoint can rebuild it (without reading
+    ``weights`` again).
     """
     builder = model_info(name).builder
-    model = builder(**kwargs) if weights is None else build_with_weights(builder, name, weights, **kwargs)
+    if weights is None:
+        model = builder(**kwargs)
+    else:
+        model, kwargs = build_with_weights(builder, name, weights, **kwargs)
     model.abnet_config = {"model": name, **kwargs}
     return model

@@ -8,7 +8,8 @@ with its JSON metadata, or any other), or a torch file read with ``torch.load(we
 says. A pickle that would run code is refused before anything runs. The state dict then has to fit
 the model key by key and shape by shape, in abnet's names or, translated by :mod:`abnet.models.research`,
 in the research code's; anything else is refused in one line naming what the file holds and the first
-mismatches.
+mismatches. A file with abnet's metadata also says how its model was built (mask, map kernel, classes,
+family settings): what the caller leaves out comes from it, what contradicts it is refused.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 from . import research
 from .locate import locate_checkpoint
+from .meta import INITIAL_WEIGHTS, CheckpointMeta
 
 META_KEY = "abnet"  # the safetensors header entry holding abnet's metadata (JSON)
 
@@ -55,20 +58,68 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
     return state, meta
 
 
-def build_with_weights(build: Callable[..., nn.Module], name: str, path: str | Path, **kwargs: Any) -> nn.Module:
-    """``build(**kwargs)`` with the weights of ``path`` loaded exactly (what ``create_model(weights=)`` does).
+def build_with_weights(build: Callable[..., nn.Module], name: str, path: str | Path,
+                       **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """``build(**kwargs)`` with the weights of ``path`` loaded exactly (what ``create_model(weights=)`` does);
+    returns the model and the arguments it was built with.
 
-    A builder that takes ``weights`` itself (``tv:`` / ``timm:``) gets a plain state dict before it
-    cuts its backbone; a file with abnet's metadata always holds the whole model.
+    A file with abnet's metadata always holds the whole model and says how it was built: the arguments the
+    caller left out are taken from it (so a ``mask="multiply"`` checkpoint computes its own logits), one that
+    differs from it is refused, and the model keeps the metadata as ``abnet_meta``. A builder that takes
+    ``weights`` itself (``tv:`` / ``timm:``) gets any other file as a plain state dict before it cuts its backbone.
     """
-    state, meta = read_state_dict(path)
-    _check_model_name(meta, name, path)
+    state, raw = read_state_dict(path)
+    meta = None if raw is None else CheckpointMeta.from_dict(raw, str(path))
     if meta is None and "weights" in _parameters(build):
-        return build(weights=state, **kwargs)
+        return build(weights=state, **kwargs), kwargs
+    if meta is not None:
+        if meta.model_name != name:
+            raise CheckpointError(f"{path} holds abnet's {meta.model_name}, not {name}; use "
+                                  f"create_model({meta.model_name!r}, ...) or a file of that model")
+        kwargs = _recorded_arguments(build, meta, kwargs, path)
     model = build(**kwargs)
-    classes = kwargs.get("num_classes", getattr(_parameters(build).get("num_classes"), "default", None))
-    load_state_dict_exactly(model, state, f"{name} (num_classes={classes})", path, _described(meta))
-    return model
+    classes = kwargs.get("num_classes", _defaults(build).get("num_classes"))
+    holds = None if meta is None else f"abnet's {name} for {len(meta.classes)} classes"
+    load_state_dict_exactly(model, state, f"{name} (num_classes={classes})", path, holds)
+    if meta is not None:
+        model.abnet_meta = meta
+    return model, kwargs
+
+
+def _recorded_arguments(build: Callable[..., nn.Module], meta: CheckpointMeta, given: dict[str, Any],
+                        path: str | Path) -> dict[str, Any]:
+    """``given`` completed by the architecture settings ``meta`` records; a one-line error for a given one that
+    differs from what the file was built with (recorded, or the builder's default where nothing was recorded)."""
+    recorded, defaults = meta.build_config, _defaults(build)
+    for key, value in given.items():
+        held = recorded.get(key, defaults.get(key, value))
+        if key not in INITIAL_WEIGHTS and _stored(value) != _stored(held):
+            raise CheckpointError(f"{path} holds {meta.model_name} built with {key}={held!r}, not {key}={value!r}; "
+                                  f"leave {key} out to build it as the file says, or pass a file built that way")
+    return {**recorded, **given}
+
+
+def _stored(value: Any) -> Any:
+    """``value`` as a checkpoint's JSON metadata holds it (tuples become lists)."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
+def _defaults(build: Callable[..., nn.Module]) -> dict[str, Any]:
+    """The default of each argument of ``build``, and of its family's (``family_defaults``, set by register_pair)."""
+    own = {key: p.default for key, p in _parameters(build).items() if p.default is not inspect.Parameter.empty}
+    return {**own, **getattr(build, "family_defaults", {})}
+
+
+def write_safetensors(path: str | Path, model: nn.Module, metadata: dict[str, str]) -> None:
+    """Atomically write ``model``'s weights (detached, contiguous, on the CPU) as safetensors with ``metadata``
+    (strings) in the header."""
+    from safetensors.torch import save_file
+
+    tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_state_dict_exactly(model: nn.Module, state: Mapping[str, Tensor], target: str, path: str | Path,
@@ -166,26 +217,6 @@ def _unwrap(obj: Any, path: Path) -> tuple[StateDict, dict[str, Any] | None]:
         raise CheckpointError(f"{path} holds a dict whose entries are not all tensors (e.g. {not_tensors[0]!r}); "
                               "pass a state dict, or a checkpoint with a state_dict entry")
     return dict(obj), meta
-
-
-def _check_model_name(meta: dict[str, Any] | None, name: str, path: str | Path) -> None:
-    held = _meta_model(meta)
-    if held is not None and held != name:
-        raise CheckpointError(f"{path} holds abnet's {held}, not {name}; use create_model({held!r}, ...) "
-                              "or a file of that model")
-
-
-def _meta_model(meta: dict[str, Any] | None) -> str | None:
-    config = (meta or {}).get("model_config")
-    return config.get("model") if isinstance(config, dict) and isinstance(config.get("model"), str) else None
-
-
-def _described(meta: dict[str, Any] | None) -> str | None:
-    held = _meta_model(meta)
-    if held is None:
-        return None
-    classes = meta["model_config"].get("num_classes")
-    return f"abnet's {held}" + (f" for {classes} classes" if classes is not None else "")
 
 
 def _parameters(build: Callable[..., nn.Module]) -> Mapping[str, inspect.Parameter]:
