@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.serialization
-from test_cli import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli
 
 import abnet
 from abnet.data import SHAPES_CLASSES

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, randomize_batch_norm, run_cli
 from torch import nn
 
 import abnet
@@ -60,12 +61,7 @@ def build(name: str, kwargs: dict) -> nn.Module:
     if name == "vgg16_bn_abn":  # 4096-wide layers: a 550 MB file; the same layers at width 16
         model.perception.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 16), nn.ReLU(True), nn.Dropout(),
                                                     nn.Linear(16, len(CLASSES)))
-    with torch.no_grad():  # batch-norm statistics away from (0, 1), so that they matter
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
+    return randomize_batch_norm(model)  # batch-norm statistics away from (0, 1), so that they matter
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +188,35 @@ def test_an_export_that_does_not_reproduce_the_model_is_refused_and_nothing_is_w
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-def test_a_model_that_fails_on_its_input_size_is_named(tmp_path):
+def test_a_model_that_fails_on_its_input_size_is_named(tmp_path, capsys):
     model = abnet.create_model("densenet100_abn", num_classes=3, depth=10, growth=4).eval()
     meta = {**meta_for("densenet100_abn"), "image_size": [2, 2]}
     with pytest.raises(ExportError, match=r"cannot export densenet100_abn: it fails on a \(1, 3, 2, 2\) input .*"
                                           "too small"):
         export_model(model, meta, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    # from the command line too: one line, and not even the folder of --out is made
+    save_weights(tmp_path / "best.safetensors", model, {**meta, "model_config": model.abnet_config})
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "best.safetensors"), "--format", "torchscript", "--out",
+                           str(tmp_path / "new" / "m.torchscript"))
+    assert_one_line_error(code, err, "cannot export densenet100_abn")
+    assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+
+
+def test_the_check_holds_the_export_to_1e_4_of_each_outputs_scale(tmp_path, monkeypatch):
+    """An export that differs from the model by 1e-3 of an output's scale (the old bound) is refused."""
+    from abnet.deploy import export as exporter
+
+    model = abnet.create_model("resnet20_abn", num_classes=3).eval()
+    checked = exporter._check
+
+    def perturbed(info, expected, got, what):
+        scale = got[0].abs().max()
+        checked(info, expected, (got[0] + 5e-4 * scale, *got[1:]), what)
+
+    monkeypatch.setattr(exporter, "_check", perturbed)
+    with pytest.raises(ExportError, match=r"differs from the model in logits \(relative error [45]\.\de-04\)"):
+        export_model(model, meta_for("resnet20_abn"), tmp_path / "m.torchscript", "torchscript")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,10 +2,11 @@
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, randomize_batch_norm, run_cli
 from safetensors.torch import save_file
 
 import abnet
@@ -212,3 +213,77 @@ def test_metadata_of_older_newer_and_broken_files(tmp_path, capsys):
         assert_one_line_error(code, err, needle, f"{name}.safetensors")
     with pytest.raises(CheckpointError, match="2 mean values but 3 std"):
         CheckpointMeta.from_dict({**old, "mean": [0.5, 0.5]}, "x")
+
+
+def test_create_model_builds_an_abnet_checkpoint_as_it_was_built_and_refuses_what_contradicts_it(tmp_path):
+    torch.manual_seed(0)
+    source = randomize_batch_norm(abnet.create_model("wrn28_10_abn", num_classes=3, mask="multiply", map_kernel=1,
+                                                     depth=10, widen=1))
+    save_weights(tmp_path / "best.safetensors", source, model_meta(source, **{**INPUTS, "image_size": [32, 32]}))
+    model = abnet.create_model("wrn28_10_abn", weights=tmp_path / "best.safetensors").eval()
+    assert model.abnet_config == {"model": "wrn28_10_abn", "num_classes": 3, "mask": "multiply", "map_kernel": 1,
+                                  "depth": 10, "widen": 1}
+    assert model.abnet_meta.classes == ("a", "b", "c")
+    x = torch.randn(2, 3, 32, 32)
+    same_outputs(source, model, x)
+    # The default mask fits the file key for key, but computes other logits: what the file says matters.
+    residual = abnet.create_model("wrn28_10_abn", num_classes=3, map_kernel=1, depth=10, widen=1).eval()
+    residual.load_state_dict(source.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(residual(x).logits, source(x).logits)
+    for given, needle in [({"mask": "residual"}, "built with mask='multiply', not mask='residual'"),
+                          ({"num_classes": 10}, "built with num_classes=3, not num_classes=10"),
+                          ({"widen": 2}, "built with widen=1, not widen=2"),
+                          ({"dropout": 0.5}, "built with dropout=0.3, not dropout=0.5")]:  # unrecorded: the default
+        with pytest.raises(CheckpointError, match=r"^[^\n]*best\.safetensors[^\n]*$") as err:
+            abnet.create_model("wrn28_10_abn", weights=tmp_path / "best.safetensors", **given)
+        assert needle in str(err.value) and "leave" in str(err.value)
+    agreeing = abnet.create_model("wrn28_10_abn", weights=tmp_path / "best.safetensors", mask="multiply", depth=10,
+                                  dropout=0.3).eval()
+    same_outputs(source, agreeing, x)
+
+
+def test_convert_keeps_an_abnet_checkpoints_own_normalisation_and_classes(tmp_path, capsys):
+    model = tiny()
+    meta = model_meta(model, **INPUTS, data="shapes", val_accuracy=0.75)
+    save_weights(tmp_path / "best.safetensors", model, meta)
+    out = tmp_path / "converted"
+    code, _, err = run_cli(capsys, "convert", str(tmp_path / "best.safetensors"), "--model", "resnet20_abn",
+                           "--num-classes", "3", "--license", "mit", "--out", str(out))
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    for key in ("classes", "mean", "std", "image_size"):
+        assert config[key] == INPUTS[key], key
+    assert (config["data"], config["val_accuracy"], config["license"]) == ("shapes", 0.75, "mit")
+    assert "converted_from" not in config and "trained by other code" not in (out / "README.md").read_text()
+    same_outputs(model, abnet.from_pretrained(out), torch.rand(2, 3, 16, 16))
+    code, _, err = run_cli(capsys, "convert", str(tmp_path / "best.safetensors"), "--model", "resnet20_abn",
+                           "--num-classes", "3", "--data", "cifar10", "--out", str(tmp_path / "bad"))
+    assert_one_line_error(code, err, "trained on shapes, not cifar10", "leave out --data")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_overwrite_that_fails_leaves_no_config_json_beside_other_weights(tmp_path, monkeypatch):
+    from abnet.models import weights
+
+    folder = tiny().save_pretrained(tmp_path / "m", **INPUTS)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(weights, "atomic_write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        tiny(num_classes=4).save_pretrained(folder, **{**INPUTS, "classes": list("wxyz")}, overwrite=True)
+    assert not (folder / "config.json").exists()
+    with pytest.raises(CheckpointError, match="without config.json"):
+        abnet.from_pretrained(folder)
+
+
+def test_checkpoint_metadata_says_how_its_data_was_read():
+    meta = CheckpointMeta.from_dict({"model_config": {"model": "resnet20_abn"}, **INPUTS,
+                                     "train_config": {"coarse": True, "val_fraction": 0.2, "epochs": 3}}, "x")
+    assert meta.data_options(Path("/data"), seed=4) == DataOptions(root=Path("/data"), image_size=16, seed=4,
+                                                                   coarse=True, val_fraction=0.2)
+    bare = CheckpointMeta.from_dict({"model_config": {"model": "resnet20_abn"}, **INPUTS}, "x")
+    assert bare.data_options() == DataOptions(image_size=16)
+    assert CheckpointMeta.of(bare, "y") is bare and CheckpointMeta.of(bare.to_dict(), "y") == bare

@@ -17,7 +17,7 @@ RANKS = {
     "data": 1,
     "models": 2,
     "engine": 3,
-    "explain": 4, "deploy": 4, "hub": 4,
+    "explain": 4, "deploy": 4,
     "cli": 5, "demo": 5, "__main__": 5,
 }
 

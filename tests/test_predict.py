@@ -183,6 +183,31 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(models, images, tmp_pa
         assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "other.onnx"]
 
 
+@pytest.mark.parametrize(("device", "gpus", "needle"), [
+    ("cuda", 0, "torch sees none here"), ("cuda:3", 1, "this machine has 1 GPU (cuda:0 to cuda:0)")])
+def test_a_missing_gpu_is_refused_in_one_line_before_any_file_is_read(models, images, tmp_path, capsys, monkeypatch,
+                                                                      device, gpus, needle):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    for source in (tmp_path / "missing.pt", models["onnx"]):
+        code, err = run([str(source), str(images), "--out", str(tmp_path / "p.jsonl"), "--device", device], capsys)
+        assert code == 2 and len(err) == 1 and f"--device {device}" in err[0] and needle in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_onnx_run_on_a_gpu_without_onnxruntimes_cuda_provider_says_so(models, images, tmp_path, capsys,
+                                                                         monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    code, err = run([str(models["onnx"]), str(images), "--out", str(tmp_path / "p.jsonl"), "--device", "cuda:1"],
+                    capsys)
+    assert code == 2 and len(err) == 1 and "no CUDA provider" in err[0] and "not a readable" not in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 class RecordingPredictor:
     """A stand-in model: records each batch it is given, and fails on call number ``fail_at``."""
 

@@ -455,8 +455,8 @@ def test_truncated_garbage_and_empty_files_are_one_line_errors(tmp_path):
 
 
 def test_abnet_checkpoints_via_weights(tmp_path):
-    """best.safetensors, last.pt and a run folder load; the model name in their metadata is checked;
-    the path is not kept in abnet_config (a reload from a checkpoint must not read it again)."""
+    """best.safetensors, last.pt and a run folder load; the model name and class count in their metadata are
+    checked; the path is not kept in abnet_config (a reload from a checkpoint must not read it again)."""
     source = abnet.create_model("resnet20_abn", num_classes=3).eval()
     meta = {"version": 1, "model_config": {"model": "resnet20_abn", "num_classes": 3}, "classes": ["a", "b", "c"],
             "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [32, 32]}
@@ -472,9 +472,14 @@ def test_abnet_checkpoints_via_weights(tmp_path):
             assert torch.equal(model(x).logits, source(x).logits)
     with pytest.raises(CheckpointError, match=r"holds abnet's resnet20_abn, not resnet32_abn"):
         abnet.create_model("resnet32_abn", num_classes=3, weights=tmp_path / "best.safetensors")
+    with pytest.raises(CheckpointError, match=r"holds resnet20_abn built with num_classes=3, not num_classes=10"):
+        abnet.create_model("resnet20_abn", num_classes=10, weights=tmp_path / "last" / "last.pt")
+    four = abnet.create_model("resnet20_abn", num_classes=4)  # weights that contradict their own metadata
+    save_file({k: v.contiguous() for k, v in four.state_dict().items()}, str(tmp_path / "lying.safetensors"),
+              metadata={"abnet": json.dumps(meta)})
     with pytest.raises(CheckpointError, match=r"holds abnet's resnet20_abn for 3 classes, which does not fit "
-                                              r"resnet20_abn \(num_classes=10\): .*shape mismatches"):
-        abnet.create_model("resnet20_abn", weights=tmp_path / "last" / "last.pt")
+                                              r"resnet20_abn \(num_classes=3\): .*shape mismatches"):
+        abnet.create_model("resnet20_abn", weights=tmp_path / "lying.safetensors")
 
 
 def test_a_plain_safetensors_state_dict_in_abnet_names(tmp_path):

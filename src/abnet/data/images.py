@@ -47,6 +47,20 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+class UnreadableImageFile(DataError):
+    """An image file that cannot be decoded; the message is the reason, for a list of skipped files."""
+
+
+def read_resized(path: Path, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """One image file decoded to RGB and resized to ``size`` x ``size`` (shorter side, centre crop): uint8
+    (3, size, size), and the file's own (width, height). Raises :class:`UnreadableImageFile` naming the reason."""
+    try:
+        img = read_rgb(path)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise UnreadableImageFile(f"unreadable image ({type(err).__name__}: {str(err)[:80]})") from None
+    return torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1), img.size
+
+
 def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None,
                 boxes_dir: Path | None = None) -> Inputs:
     """Decode and resize every file to ``size`` x ``size`` (shorter side, centre crop); unreadable ones are
@@ -56,11 +70,10 @@ def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None,
     images, names, notes, failures, kept, masks = [], [], [], [], [], []
     for i, path in enumerate(files):
         try:
-            img = read_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            failures.append((str(path), f"unreadable image ({type(err).__name__}: {str(err)[:80]})"))
+            image, (w, h) = read_resized(path, size)
+        except UnreadableImageFile as err:
+            failures.append((str(path), str(err)))
             continue
-        w, h = img.size
         if boxes_dir is not None:
             try:
                 masks.append(_box_mask(boxes_dir / f"{path.stem}.xml", w, h, size))
@@ -73,7 +86,7 @@ def read_images(files: Sequence[Path], size: int, labels: Tensor | None = None,
             far = scale > FAR_FROM_TRAINING_SIZE or scale < 1 / FAR_FROM_TRAINING_SIZE
             note = (f"resized from {w}x{h} to {size}x{size}" + (" (centre crop)" if w != h else "")
                     + (f"; far from the training size {size}x{size}, maps may be less reliable" if far else ""))
-        images.append(torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1))
+        images.append(image)
         names.append(path.name)
         notes.append(note)
         kept.append(i)

@@ -7,7 +7,8 @@ ONNX goes through PyTorch's TorchScript-based exporter first: on abnet's zoo it 
 the dynamo exporter takes 5-30 s, with the same outputs (to 1e-6). Where it lacks an operator (VGG's 7x7
 adaptive pooling on inputs other than 224 x 224) the dynamo exporter (needs onnxscript) is used instead.
 Every export is checked before it is written: the file's outputs for a batch of another size than the one it
-was traced with must match the model's, so a graph that fixed the batch size or lost a branch is refused.
+was traced with must match the model's (to 1e-4 of each output's largest magnitude), so a graph that fixed the
+batch size or lost a branch is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..engine.device import model_device
 from ..errors import AbnetError
 from ..fileio import atomic_write
 from ..models import ABNOutput
+from ..models.meta import CheckpointMeta
 from .info import METADATA_FILE, ExportInfo, export_info
 
 log = logging.getLogger("abnet")
@@ -37,7 +39,7 @@ log = logging.getLogger("abnet")
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 TRACE_BATCH, CHECK_BATCH = 2, 1  # traced with a batch of 2, checked with 1: the batch axis must stay free
-TOLERANCE = 1e-3  # largest difference, relative to an output's largest magnitude, that passes the check
+TOLERANCE = 1e-4  # largest difference, relative to an output's largest magnitude, that passes the check
 
 
 class ExportError(AbnetError):
@@ -56,12 +58,13 @@ class ExportedOutputs(nn.Module):
         return (out.logits, out.att_logits, out.attention) if isinstance(out, ABNOutput) else out
 
 
-def export_model(model: nn.Module, meta: Any, path: str | Path, format: str = "onnx") -> ExportInfo:
+def export_model(model: nn.Module, meta: CheckpointMeta | Mapping[str, Any], path: str | Path,
+                 format: str = "onnx") -> ExportInfo:
     """Write ``model`` (with its checkpoint metadata ``meta``) to ``path`` as ``onnx`` or ``torchscript``.
 
-    The file is written atomically and only after its outputs were checked against the model's; returns the
-    metadata stored in it. Raises :class:`ExportError` (one line) for a model that cannot be exported and an
-    :class:`~abnet.errors.AbnetError` for a missing package or an unknown format.
+    The file (and any missing folder above it) is written only after its outputs were checked against the
+    model's, atomically; returns the metadata stored in it. Raises :class:`ExportError` (one line) for a model
+    that cannot be exported and an :class:`~abnet.errors.AbnetError` for a missing package or an unknown format.
     """
     if format not in FORMATS:
         raise AbnetError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -106,7 +109,7 @@ def _write_onnx(wrapper: nn.Module, info: ExportInfo, trace_input: Tensor, check
         session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": check_input.cpu().numpy()})
         _check(info, expected, tuple(torch.from_numpy(g) for g in got), "ONNX")
-    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    _save(path, lambda tmp: onnx.save_model(proto, tmp))
 
 
 def _onnx_proto(wrapper: nn.Module, info: ExportInfo, trace_input: Tensor) -> Any:
@@ -176,7 +179,13 @@ def _write_torchscript(wrapper: nn.Module, info: ExportInfo, trace_input: Tensor
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.save(traced, tmp, _extra_files=extra)
 
-    atomic_write(path, save)
+    _save(path, save)
+
+
+def _save(path: Path, write: Callable[[str], None]) -> None:
+    """Write the checked export atomically, creating the folders above it only now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
 
 
 def _json(info: ExportInfo) -> str:

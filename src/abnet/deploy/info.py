@@ -2,7 +2,7 @@
 
 The same record goes into an ONNX file's ``metadata_props`` (one JSON string per key) and into a TorchScript
 file as the extra file ``abnet.json``; ``abnet predict`` reads it back to feed an ONNX file without abnet's
-checkpoint. Checkpoint metadata is read through :func:`meta_field` only, whether it is a dict or an object.
+checkpoint. It is made from the checkpoint's :class:`~abnet.models.meta.CheckpointMeta`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ from torch import nn
 from .. import __version__
 from ..errors import AbnetError
 from ..models import ABN
+from ..models.meta import CheckpointMeta
 
 METADATA_FILE = "abnet.json"  # the TorchScript extra file holding the record
 ABN_OUTPUTS = ("logits", "att_logits", "attention")
 PLAIN_OUTPUTS = ("logits",)
 INPUT = "images: float32 (N, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std per channel"
-
-
-def meta_field(meta: Any, name: str) -> Any:
-    """Field ``name`` of checkpoint metadata, a dict or an object with attributes (``None`` when absent)."""
-    return meta.get(name) if isinstance(meta, Mapping) else getattr(meta, name, None)
 
 
 @dataclass(frozen=True)
@@ -72,17 +68,11 @@ class ExportInfo:
             raise AbnetError(f"{where} has unreadable abnet metadata ({err})") from None
 
 
-def export_info(model: nn.Module, meta: Any) -> ExportInfo:
-    """The record for ``model`` and its checkpoint metadata (fields read: model_config, classes, mean, std,
-    image_size, multi_label)."""
-    missing = [k for k in ("model_config", "classes", "mean", "std", "image_size") if meta_field(meta, k) is None]
-    if missing:
-        raise AbnetError(f"the metadata lacks {', '.join(missing)}; pass the metadata of an abnet checkpoint "
-                         "(abnet.engine.checkpoint.load_checkpoint(path) returns it)")
+def export_info(model: nn.Module, meta: CheckpointMeta | Mapping[str, Any]) -> ExportInfo:
+    """The record for ``model`` and its checkpoint metadata (a stored record as a dict is read and checked by
+    :meth:`CheckpointMeta.from_dict`)."""
+    meta = CheckpointMeta.of(meta, "the metadata to export")
     num_maps = model.attention_branch.map_conv.out_channels if isinstance(model, ABN) else 0
-    height, width = meta_field(meta, "image_size")
-    return ExportInfo(
-        model=meta_field(meta, "model_config")["model"], classes=tuple(meta_field(meta, "classes")),
-        mean=tuple(meta_field(meta, "mean")), std=tuple(meta_field(meta, "std")), image_size=(height, width),
-        multi_label=bool(meta_field(meta, "multi_label")) or num_maps > 1,
-        outputs=ABN_OUTPUTS if num_maps else PLAIN_OUTPUTS, num_maps=num_maps)
+    return ExportInfo(model=meta.model_name, classes=meta.classes, mean=meta.mean, std=meta.std,
+                      image_size=meta.image_size, multi_label=meta.multi_label or num_maps > 1,
+                      outputs=ABN_OUTPUTS if num_maps else PLAIN_OUTPUTS, num_maps=num_maps)

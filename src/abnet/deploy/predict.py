@@ -17,13 +17,13 @@ from typing import IO, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-from ..data.folder import read_rgb, resize_center
-from ..data.images import image_files
+from ..data.images import UnreadableImageFile, image_files, read_resized
 from ..errors import AbnetError
 from ..fileio import atomic_write
+from ..models.abn import probabilities
 from .info import ExportInfo
 from .runtime import Predictor
 
@@ -101,12 +101,11 @@ def _read(chunk: list[_Item], size: int, failures: list[tuple[str, str]]) -> tup
     kept, images = [], []
     for item in chunk:
         try:
-            img = read_rgb(item.path)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            failures.append((str(item.path), f"unreadable image ({type(err).__name__}: {str(err)[:80]})"))
+            image, item.size = read_resized(item.path, size)
+        except UnreadableImageFile as err:
+            failures.append((str(item.path), str(err)))
             continue
-        item.size = img.size
-        images.append(torch.from_numpy(np.asarray(resize_center(img, size)).copy()).permute(2, 0, 1))
+        images.append(image)
         kept.append(item)
     return kept, torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 

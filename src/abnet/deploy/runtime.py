@@ -3,6 +3,7 @@ onnxruntime, behind one interface: uint8 images in, named output tensors out."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ from ..engine.device import resolve_device
 from ..errors import AbnetError
 from ..models import ABNOutput
 from ..models.inference import inference_model
+from ..models.meta import CheckpointMeta
 from .info import ExportInfo, export_info
 
 
@@ -28,7 +30,7 @@ class Predictor(Protocol):
 class TorchPredictor:
     """A model on PyTorch: abnet's inference copy (batch norm folded, channels_last, no autograd) on ``device``."""
 
-    def __init__(self, model: nn.Module, meta: Any, device: str = "auto"):
+    def __init__(self, model: nn.Module, meta: CheckpointMeta | Mapping[str, Any], device: str = "auto"):
         self.info = export_info(model, meta)
         self.device = resolve_device(device)
         self.model = inference_model(model).to(self.device)  # a copy: the caller's model stays where it is
@@ -48,8 +50,9 @@ class OnnxPredictor:
             import onnxruntime
         except ImportError:
             raise AbnetError("predicting with an ONNX file needs onnxruntime: pip install 'abnet[onnx]'") from None
+        providers = _providers(onnxruntime, device)
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=_providers(onnxruntime, device))
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable or invalid files
             raise AbnetError(f"{path} is not a readable ONNX file ({str(err).strip()[:160]})") from None
         self.info = ExportInfo.from_props(self.session.get_modelmeta().custom_metadata_map, str(path))
@@ -65,23 +68,23 @@ class OnnxPredictor:
 
 
 def _providers(onnxruntime: Any, device: str) -> list[Any]:
-    """onnxruntime's execution providers for ``--device``: auto, cpu, cuda or cuda:N."""
-    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if device == "auto":
-        return (["CUDAExecutionProvider"] if has_cuda else []) + ["CPUExecutionProvider"]
-    if device == "cpu":
+    """onnxruntime's execution providers for ``--device`` (auto, cpu, cuda or cuda:N), after
+    :func:`~abnet.engine.device.resolve_device` has refused a GPU this machine lacks."""
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
         return ["CPUExecutionProvider"]
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise AbnetError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
-    if not has_cuda:
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        if device == "auto":
+            return ["CPUExecutionProvider"]
         raise AbnetError(f"--device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
                          "or use --device cpu")
-    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": resolved.index or 0}), "CPUExecutionProvider"]
 
 
 def load_predictor(source: str | Path, device: str = "auto") -> Predictor:
-    """An ``.onnx`` file on onnxruntime, anything else as a checkpoint (see ``load_checkpoint``) on PyTorch."""
+    """An ``.onnx`` file on onnxruntime, anything else as a checkpoint (see ``load_checkpoint``) on PyTorch.
+    A device this machine lacks is refused before any file is read, as ``abnet eval`` does."""
+    resolve_device(device)
     if Path(source).suffix.lower() == ".onnx":
         if not Path(source).is_file():
             raise AbnetError(f"{source} does not exist; give an ONNX file written by `abnet export`")

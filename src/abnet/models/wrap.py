@@ -23,7 +23,6 @@ Pretrained weights come from the local torch hub cache or a file, never the netw
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
+from .locate import hf_hub_cache
 from .registry import ModelInfo, register_prefix
 from .weights import read_state_dict
 
@@ -257,9 +257,7 @@ def local_timm_state(arch: str) -> dict[str, torch.Tensor]:
     hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id if timm.models.get_pretrained_cfg(arch) else None
     if not hub_id:
         raise AbnetError(f"timm has no pretrained weights on the Hugging Face hub for {arch!r}; pass weights=FILE")
-    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                       "huggingface")) / "hub")
-    folder = cache / f"models--{hub_id.replace('/', '--')}" / "snapshots"
+    folder = hf_hub_cache() / f"models--{hub_id.replace('/', '--')}" / "snapshots"
     files = sorted(folder.glob("*/model.safetensors")) + sorted(folder.glob("*/pytorch_model.bin"))
     if not files:
         raise AbnetError(f"pretrained weights for timm {arch} are not in the local cache: expected "
