@@ -55,6 +55,16 @@ positive_float = _number(float, 0.0, False)
 non_negative_float = _number(float, 0.0, True)
 
 
+def _add_data_split(p: argparse.ArgumentParser, required: bool) -> None:
+    """--data, --data-root, --split, --limit and --seed: the split of a data set a command reads."""
+    p.add_argument("--data", required=required, help=f"data set name: {DATA_NAMES}" if required else
+                   f"read a data set instead of files: {DATA_NAMES}")
+    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
+    p.add_argument("--split", help="split of --data (default: test, or val where there is no test split)")
+    p.add_argument("--limit", type=positive_int, help="use at most N images of --data")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="abnet", description="Attention Branch Networks: classifiers that explain themselves.")
     parser.add_argument("--version", action="version", version=f"abnet {__version__}")
@@ -134,12 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set",
                        description="Evaluate both branches of a checkpoint.")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    p.add_argument("--data", required=True, help=f"data set name: {DATA_NAMES}")
-    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
-    p.add_argument("--split", help="split to evaluate (default: test, or val where there is no test split)")
-    p.add_argument("--limit", type=positive_int, help="evaluate at most N images")
+    _add_data_split(p, required=True)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers for large images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -158,11 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="comma-separated: abn (default for ABN models), cam, gradcam, gradcam++, "
                                     "hirescam, xgradcam, layercam, eigencam (all but abn and cam need "
                                     "pip install 'abnet[gradcam]')")
-    p.add_argument("--data", help=f"explain a data set instead of files: {DATA_NAMES}")
-    p.add_argument("--data-root", help="folder holding the data set in its official layout (not for generated sets)")
-    p.add_argument("--split", help="split of --data (default: test, or val where there is no test split)")
-    p.add_argument("--limit", type=positive_int, help="use at most N images of --data")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of a generated data set (default 0)")
+    _add_data_split(p, required=False)
     p.add_argument("--metrics", action="store_true", help="score every method; writes metrics.json")
     p.add_argument("--boxes", help="folder of object boxes, <image name>.xml in Pascal VOC / ImageNet format, "
                                    "for localisation scores of image files")
