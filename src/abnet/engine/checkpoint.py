@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from ..models import create_model
 from ..models.hub import describe
 from ..models.locate import ACCEPTED, STATE_FILE, WEIGHTS_FILE, CheckpointFiles, locate_checkpoint
 from ..models.meta import CheckpointMeta
-from ..models.weights import META_KEY, read_state_dict, write_safetensors
+from ..models.weights import META_KEY, read_state_dict, torch_load, write_safetensors
 
 __all__ = ["STATE_FILE", "WEIGHTS_FILE", "CheckpointMeta", "from_pretrained", "load_checkpoint", "load_state",
            "model_meta", "read_checkpoint", "save_state", "save_weights"]
@@ -42,16 +41,7 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 def load_state(path: str | Path) -> dict[str, Any]:
     """Load a training state with ``weights_only=True``; a :class:`CheckpointError` for anything else."""
     path = _existing_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain data "
-            "(loading it could run code); use a checkpoint written by abnet"
-        ) from None
-    except Exception as err:  # zip/EOF/format errors of many kinds
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}); "
-                              "pass a last.pt or best.safetensors written by abnet") from None
+    state = torch_load(path)
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise CheckpointError(f"{path} is a torch file but not an abnet checkpoint (no model and meta entries)")
     return state
@@ -97,19 +87,15 @@ def from_pretrained(source: str | os.PathLike[str]) -> nn.Module:
 
 
 def read_checkpoint(files: CheckpointFiles) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """The state dict and checked metadata of located checkpoint files."""
+    """The state dict and checked metadata of located checkpoint files (a folder's config.json, read by
+    :func:`~abnet.models.weights.read_state_dict`, or the file's own metadata)."""
     weights, raw = read_state_dict(_existing_file(files.weights))
-    if files.config is not None:
-        try:
-            raw = json.loads(files.config.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{files.config} is not readable JSON ({err})") from None
-        return weights, CheckpointMeta.from_dict(raw, str(files.config.parent))
     if raw is None:
         raise CheckpointError(f"{files.weights} holds weights without abnet's metadata, so it does not say which "
                               "model it is; use abnet.create_model(NAME, num_classes=K, weights=FILE) or "
                               "`abnet convert FILE --model NAME --num-classes K --out DIR`")
-    return weights, CheckpointMeta.from_dict(raw, str(files.weights))
+    where = files.config.parent if files.config is not None else files.weights
+    return weights, CheckpointMeta.from_dict(raw, str(where))
 
 
 def _build(meta: CheckpointMeta, path: Path) -> nn.Module:

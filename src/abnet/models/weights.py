@@ -50,7 +50,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
     if _is_safetensors(path):
         state, meta = _read_safetensors(path)
     else:
-        state, meta = _unwrap(_torch_load(path), path)
+        state, meta = _unwrap(torch_load(path), path)
     if files.config is not None:
         meta = _read_config(files.config)
     if state and all(key.startswith("module.") for key in state):
@@ -185,7 +185,9 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, Any] | None]:
     return state, meta if isinstance(meta, dict) else None
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain data only; a one-line
+    :class:`CheckpointError` for a pickle that carries code or a truncated, corrupt or foreign file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
