@@ -1,34 +1,16 @@
-"""Training options: device, mixed precision, torch.compile fallback, step milestones."""
+"""Training options: device, torch.compile fallback, step milestones (precision: test_precision.py)."""
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_ARGS, break_torch_compile, tiny_config
 
-import abnet
 import abnet.engine.train as engine
 from abnet.cli import main
-from abnet.data.shapes import CLASSES
 from abnet.engine.config import TrainConfig
-
-
-@pytest.mark.parametrize("amp, expected", [(False, torch.float32), (True, torch.bfloat16)])
-def test_amp_on_the_cpu_computes_in_bfloat16(tmp_path, amp, expected):
-    """A hook on the first conv records the dtype it computes in while training: bfloat16 with amp, float32
-    without (evaluation is not checked: it may run in either); the weights stay float32, the loss finite."""
-    torch.manual_seed(0)
-    model = abnet.create_model("resnet20_abn", num_classes=len(CLASSES))
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    seen = []
-    conv.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
-    metrics = engine.train(tiny_config(tmp_path / "run", amp=amp, device="cpu"), progress=False, model=model)
-    assert {dtype for training, dtype in seen if training} == {expected}
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"])
 
 
 def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatch, caplog):

@@ -65,11 +65,11 @@ def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, monk
 
     calls = []
 
-    def interrupt_second_evaluation(*args):
+    def interrupt_second_evaluation(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed during epoch 2, after epoch 1's checkpoint
-        return evaluate(*args)
+        return evaluate(*args, **kwargs)
 
     evaluate = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", interrupt_second_evaluation)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .models.meta import CheckpointMeta
 
 EXIT_USAGE = 2
-DATA_NAMES = "shapes, shapes-multi, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
+DATA_NAMES = "shapes, shapes-multi, shapes-shortcut, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
 CHECKPOINT_HELP = ("a run folder, last.pt, best.safetensors, a save_pretrained or convert folder, or owner/name "
                    "in the local Hugging Face cache")
 DEVICE_HELP = "auto (default: the GPU if there is one), cpu, cuda, cuda:N"
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("step", "cosine"),
                    help="step (default): x0.1 at 50%% and 75%% of the epochs; cosine: to zero")
     p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (0)")
+    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum")
+    p.add_argument("--label-smoothing", type=non_negative_float, help="cross-entropy label smoothing, 0-1 (0)")
+    p.add_argument("--val-split", choices=("val", "test"),
+                   help="split evaluated each epoch: val (the set's own, or --val-fraction of the training images) "
+                        "or test, training on the whole training split (val)")
+    p.add_argument("--eval-flip", action="store_const", const=True,
+                   help="evaluate with flip test-time augmentation (logits averaged with the mirror image's)")
     p.add_argument("--mask", choices=("residual", "multiply", "none"), help="what the perception branch reads "
                    "(ABN models): g*(1+M), g*M or g")
     p.add_argument("--pretrained", action="store_const", const=True,
@@ -108,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-kernel", type=positive_int, help="kernel size of the attention-map conv (3; paper: 1)")
     p.add_argument("--shared-perception", action="store_const", const=True,
                    help="multi-task models (name_abn_mt): one perception branch for all tasks, not one each")
+    p.add_argument("--map-targets", metavar="SOURCE",
+                   help="guide the attention map: masks (the data set's object masks), boxes:DIR (Pascal VOC box "
+                        "files <stem>.xml) or DIR of target maps DIR/<split>/<class>/<stem>.png (white = attend; "
+                        "as `abnet edit` saves them)")
+    p.add_argument("--map-loss", choices=("l2", "energy", "bce", "rrr"),
+                   help="map guidance loss: l2 (default), energy (map mass inside the target), bce; rrr: input "
+                        "gradients outside the target, for plain models")
+    p.add_argument("--map-weight", type=non_negative_float, help="weight of the map loss (1)")
+    p.add_argument("--map-fraction", type=non_negative_float,
+                   help="share of the training images whose targets are used, 0-1, fixed by --seed (1)")
     p.add_argument("--pos-weight", choices=("balanced",),
                    help="attribute data: weigh each attribute's positives by negatives/positives in the training set")
     p.add_argument("--seed", type=non_negative_int, help="(0)")
@@ -122,8 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
     p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--amp", action="store_const", const=True,
-                   help="mixed precision: bf16 autocast on CPU (fast only with bf16 instructions), fp16 on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="arithmetic: auto = bf16 autocast on CPUs with bf16 instructions (AVX-512 BF16, AMX), "
+                        "bf16 or fp16 + loss scaling on GPUs by capability, fp32 elsewhere (fp32)")
+    p.add_argument("--amp", dest="precision", action="store_const", const="auto", help="= --precision auto")
     p.add_argument("--compile", action="store_const", const=True,
                    help="torch.compile the model (falls back to eager with a message)")
     p.add_argument("--sync-bn", action="store_const", const=True,
@@ -168,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="store_true", help="score every method; writes metrics.json")
     p.add_argument("--boxes", help="folder of object boxes, <image name>.xml in Pascal VOC / ImageNet format, "
                                    "for localisation scores of image files")
+    p.add_argument("--attention", metavar="DIR", help="ABN models: also predict with edited maps fed to the "
+                   "perception branch, from DIR/<split>/<class>/<stem>.png for --data (<stem>: the image's index for "
+                   "a set held in memory), DIR/<stem>.png for image files (multi-task: <stem>.<attribute>.png); 8-bit "
+                   "grayscale, white = attend; both predictions go to the report and edits.json")
     p.add_argument("--show", type=positive_int, default=48, help="images shown in the report (default 48)")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per branch (default 3)")
     p.add_argument("--steps", type=positive_int, default=16, help="deletion/insertion steps (default 16)")
@@ -175,6 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the ABN forward (pays off over many images)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("edit", help="paint attention maps in a browser, see the prediction change, save them",
+                       description="Serve a page on 127.0.0.1 (its URL carries a random token) showing each image, "
+                                   "its attention map and prediction: paint the map up and down with an add and a "
+                                   "remove brush, see the perception branch's prediction with the edited map, and "
+                                   "save it as an 8-bit grayscale PNG at the model's input size (255 = attend): "
+                                   "OUT/<split>/<class>/<stem>.png for --data (the stem of an image held in memory "
+                                   "is its index in the split), OUT/<stem>.png for image files; a multi-task model "
+                                   "adds .<attribute> to the stem. abnet train --map-targets OUT and abnet explain "
+                                   "--attention OUT read them. Stop with Ctrl-C.")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP + " (an ABN model)")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE|DIR", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for the edited maps")
+    _add_data_split(p, required=False)
+    p.add_argument("--port", type=non_negative_int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes listed per prediction (default 3)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("convert", help="weights trained elsewhere (e.g. the ABN research code) as a model folder",
                        description="Build --model with the weights of FILE (an abnet checkpoint, a state dict, or "
@@ -329,8 +371,9 @@ def _checkpoint_data(args: argparse.Namespace, meta: CheckpointMeta) -> tuple[An
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.images import dataset_inputs, image_files, read_images
     from .errors import AbnetError
+    from .explain.edits import data_edit_places, file_edit_places, read_edited_maps
     from .explain.methods import METHODS, check_method
-    from .explain.run import run_explain
+    from .explain.run import edit_info, run_explain
 
     if bool(args.inputs) == bool(args.data):
         raise AbnetError("give image files/folders or --data NAME (one of the two) to explain")
@@ -345,23 +388,61 @@ def cmd_explain(args: argparse.Namespace) -> int:
     boxes = Path(args.boxes) if args.boxes else None
     if boxes is not None and not boxes.is_dir():
         raise AbnetError(f"--boxes {boxes} is not a folder; give the folder of <image name>.xml box files")
+    if args.attention and not hasattr(model, "attention_branch"):
+        raise AbnetError("--attention feeds edited maps to an ABN's perception branch; this checkpoint is a plain "
+                         "classifier: use an ABN checkpoint (a *_abn model)")
     if args.data:
         data, split = _checkpoint_data(args, meta)
         inputs, source = dataset_inputs(data, split, boxes), f"{args.data}/{split}"
     else:
-        inputs, source = read_images(image_files(args.inputs), meta.image_size[0], boxes_dir=boxes), "files"
+        files = image_files(args.inputs)
+        inputs, source = read_images(files, meta.image_size[0], boxes_dir=boxes), "files"
+    edits = None
+    if args.attention:
+        root, tasks = Path(args.attention), list(meta.classes) if getattr(model, "num_tasks", None) else None
+        places = data_edit_places(root, data, split, tasks) if args.data else file_edit_places(root, files, tasks)
+        edits = read_edited_maps(root, places, inputs)
     info = {"checkpoint": str(args.checkpoint), "model": meta.model_name, "data": source}
     summary = run_explain(model, meta, inputs, args.out, methods, metrics=args.metrics, show=args.show,
                           top_k=args.top_k, steps=args.steps, batch_size=args.batch_size, compile=args.compile,
-                          info=info)
+                          info=info, edits=edits)
     print(f"explained {summary['images']} images with {', '.join(methods)}: "
           + ", ".join(f"{args.out}/{f}" for f in summary["files"]))
     for row in summary["metrics"]:
         print("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                for k, v in row.items() if not isinstance(v, list)))
+    if summary["edits"]:
+        print(f"  edited maps: {edit_info(summary['edits'])}")
     for name, reason in summary["failures"]:
         print(f"abnet explain: skipped {name}: {reason}", file=sys.stderr)
     return EXIT_USAGE if summary["failures"] else 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .data.images import image_files
+    from .errors import AbnetError
+    from .explain.editor import dataset_items, file_items, require_abn, serve
+
+    if bool(args.inputs) == bool(args.data):
+        raise AbnetError("give image files/folders or --data NAME (one of the two) to edit")
+    model, meta = _load_on_device(args)
+    require_abn(model, meta)
+    if args.data:
+        items = dataset_items(*_checkpoint_data(args, meta))
+    else:
+        items = file_items(image_files(args.inputs), meta.image_size[0])
+    for name, reason in items.inputs.failures:
+        print(f"abnet edit: skipped {name}: {reason}", file=sys.stderr)
+    server = serve(model, meta, items, args.out, port=args.port, top_k=args.top_k, open_browser=args.open)
+    print(f"abnet edit: {len(items)} images, edited maps go to {args.out}/; open this page (Ctrl-C stops):\n"
+          f"    {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("abnet edit: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return EXIT_USAGE if items.inputs.failures else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

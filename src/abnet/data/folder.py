@@ -8,6 +8,9 @@ so the training loop does not know which it got.
 
 Odd files are handled, not fatal: grey, RGBA, palette and 16-bit images are converted to 8-bit RGB;
 unreadable or truncated files are skipped, counted and named in one warning.
+
+Target maps for map guidance (see :mod:`abnet.data.targets`) are read with their images: in memory, resized
+like them; streamed, cropped and flipped with them by the same transform.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from .base import ImageSet
-from .loader import Batch, cutout, epoch_generator, normalize, steps_per_epoch
+from .base import ImageSet, select
+from .boxes import boxes_map, read_boxes
+from .loader import Batch, cutout, epoch_generator, normalize, steps_per_epoch, target_maps
 
 log = logging.getLogger("abnet")
 
@@ -33,18 +38,28 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 IN_MEMORY_MAX_SIZE = 64
 
 
+TargetFiles = tuple[Path | None, ...]  # one image's target files: one map, or one per attribute (None: no file)
+
+
 @dataclass
 class FolderIndex:
     """The files of one split: paths, their labels ((N,) class indices, or (N, T) 0/1 attributes) and the
-    class (or attribute) names."""
+    class (or attribute) names; optionally each image's target files for map guidance (all None: no map
+    loss for that image), a PNG map or a VOC box file (see :func:`read_target`)."""
 
     paths: list[Path]
     labels: torch.Tensor
     classes: list[str]
     size: int = 224  # images are resized / cropped to size x size
+    target_paths: list[TargetFiles] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, index: torch.Tensor) -> FolderIndex:
+        """The files at ``index`` (an index tensor)."""
+        targets = None if self.target_paths is None else select(self.target_paths, index)
+        return FolderIndex(select(self.paths, index), self.labels[index], self.classes, self.size, targets)
 
     @property
     def num_classes(self) -> int:
@@ -115,6 +130,26 @@ def read_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
+def read_target(path: Path, width: int, height: int) -> Image.Image:
+    """A target map file as an 8-bit grey ("L") map of its ``width`` x ``height`` image; raises OSError or
+    ValueError if it is unreadable, :class:`DataError` for a malformed box file.
+
+    A Pascal VOC box file (``.xml``) becomes white boxes on black. A map image of any size is resized to its
+    image; one of another aspect ratio (e.g. a square map of a non-square image, as abnet shows it) is taken
+    to cover the image's centre region of that aspect ratio, and the rest of the image is black."""
+    if path.suffix.lower() == ".xml":
+        return Image.fromarray(boxes_map(read_boxes(path, width, height), width, height).numpy().astype(np.uint8) * 255)
+    with _decoding(path), Image.open(path) as img:
+        img = img.convert("L")
+    scale = min(width / img.width, height / img.height)
+    fit = (min(width, round(img.width * scale)), min(height, round(img.height * scale)))
+    if abs(fit[0] - width) <= 1 and abs(fit[1] - height) <= 1:  # the same aspect ratio, up to rounding
+        return img.resize((width, height), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (width, height), 0)
+    canvas.paste(img.resize(fit, Image.Resampling.BILINEAR), ((width - fit[0]) // 2, (height - fit[1]) // 2))
+    return canvas
+
+
 def load_folder_in_memory(index: FolderIndex) -> ImageSet:
     """Decode every image of ``index``, resized to its ``size``, into one uint8 tensor."""
     size = index.size
@@ -130,7 +165,7 @@ def load_folder_in_memory(index: FolderIndex) -> ImageSet:
     _warn_skipped(bad, len(index.paths))
     if not images:
         raise DataError(f"none of the {len(index.paths)} image files could be read, e.g. {index.paths[0]} ({bad[0]})")
-    return ImageSet(torch.stack(images), index.labels[kept], index.classes)
+    return ImageSet(torch.stack(images), index.labels[kept], index.classes, paths=[index.paths[i] for i in kept])
 
 
 def resize_center(img: Image.Image, size: int) -> Image.Image:
@@ -150,8 +185,12 @@ def _warn_skipped(bad: list[str], total: int) -> None:
         log.warning("skipped %d of %d image files that could not be read: %s", len(bad), total, shown)
 
 
+Sample = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, bool]  # image, label, target maps, guided
+
+
 class _FolderDataset(torch.utils.data.Dataset):
-    """Per-sample decode and augmentation in a worker; the random draws are seeded by (seed, epoch, index)."""
+    """Per-sample decode and augmentation in a worker; the random draws are seeded by (seed, epoch, index).
+    Target maps, where the index has them, get the image's crop and flip (one joint transform)."""
 
     def __init__(self, index: FolderIndex, size: int, train: bool, seed: int):
         from torchvision.transforms import v2
@@ -165,16 +204,35 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        from torchvision import tv_tensors
         from torchvision.transforms.v2.functional import pil_to_tensor
 
         epoch, i = key
         try:
-            img = pil_to_tensor(read_rgb(self.index.paths[i]))
+            rgb = read_rgb(self.index.paths[i])
         except (OSError, UnidentifiedImageError, ValueError):
-            return None, self.index.labels[i]  # dropped by the collate function, counted
+            return None, self.index.labels[i], None, False  # dropped by the collate function, counted
+        img = pil_to_tensor(rgb)
         torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
-        return self.transform(img), self.index.labels[i]
+        if self.index.target_paths is None:
+            return self.transform(img), self.index.labels[i], None, False
+        maps, guided = self._targets(self.index.target_paths[i], rgb.width, rgb.height)
+        img, maps = self.transform(img, tv_tensors.Mask(maps))  # the same random crop and flip for both
+        return img, self.index.labels[i], maps.as_subclass(torch.Tensor), guided
+
+    @staticmethod
+    def _targets(files: TargetFiles, width: int, height: int) -> tuple[torch.Tensor, bool]:
+        """uint8 (len(files), height, width) maps, zero where there is no file (or it fails to decode:
+        attach_targets checked the files, so that is damage found late), and whether any was read."""
+        maps = torch.zeros(len(files), height, width, dtype=torch.uint8)
+        guided = False
+        for k, path in enumerate(files):
+            if path is not None:
+                with contextlib.suppress(OSError, UnidentifiedImageError, ValueError):
+                    maps[k] = torch.from_numpy(np.asarray(read_target(path, width, height)).copy())
+                    guided = True
+        return maps, guided
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -196,11 +254,23 @@ class _EpochOrder(torch.utils.data.Sampler):
             yield [(self.epoch, int(i)) for i in keys]
 
 
-def _collate(samples: list[tuple[torch.Tensor | None, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    good = [(x, y) for x, y in samples if x is not None]
+class _Collated(NamedTuple):
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor
+    targets: torch.Tensor | None  # uint8 (N, 1 or T, S, S)
+    guided: torch.Tensor | None  # bool (N,)
+    bad: int  # unreadable images dropped
+
+
+def _collate(samples: list[Sample]) -> _Collated:
+    good = [s for s in samples if s[0] is not None]
     if not good:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), len(samples)
-    return torch.stack([x for x, _ in good]), torch.stack([y for _, y in good]), len(samples) - len(good)
+        return _Collated(torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), None, None,
+                         len(samples))
+    images, labels, targets, guided = zip(*good)
+    maps = None if targets[0] is None else torch.stack(targets)
+    return _Collated(torch.stack(images), torch.stack(labels), maps,
+                     None if maps is None else torch.tensor(guided, dtype=torch.bool), len(samples) - len(good))
 
 
 class FolderLoader:
@@ -226,7 +296,7 @@ class FolderLoader:
         whose images were all unreadable is yielded empty, so that batch k stays step k."""
         self.order.epoch, self.order.start = epoch, start
         skipped = 0
-        for step, (images, labels, bad) in enumerate(self.loader, start):
+        for step, (images, labels, targets, guided, bad) in enumerate(self.loader, start):
             skipped += bad
             if len(labels) or self.train:
                 x = normalize(images, self.mean, self.std)
@@ -234,6 +304,6 @@ class FolderLoader:
                     cutout(x, self.cutout_size, epoch_generator(self.order.seed, epoch, step))
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                yield Batch(x, labels, None)
+                yield Batch(x, labels, None, None if targets is None else target_maps(targets), guided)
         if skipped:
             log.warning("skipped %d unreadable image files in this pass", skipped)

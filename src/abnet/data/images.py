@@ -14,7 +14,7 @@ from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import AbnetError, DataError
-from .boxes import boxes_mask, read_voc_boxes
+from .boxes import boxes_mask, read_boxes
 from .folder import IMAGE_EXTENSIONS, FolderIndex, read_rgb, resize_center
 
 FAR_FROM_TRAINING_SIZE = 2.0  # a resize by more than this factor either way gets a warning in the note
@@ -99,11 +99,7 @@ def _box_mask(path: Path, width: int, height: int, size: int) -> Tensor:
     """The mask of the boxes in ``path`` for a width x height image resized to ``size``."""
     if not path.is_file():
         raise DataError(f"no box file {path}")
-    stated, boxes = read_voc_boxes(path)
-    if stated is not None and stated != (width, height):  # boxes drawn on another size of the same image
-        sx, sy = width / stated[0], height / stated[1]  # 1-based inclusive: pixel x0 starts at x0 - 1
-        boxes = [((x0 - 1) * sx + 1, (y0 - 1) * sy + 1, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
-    return boxes_mask(boxes, width, height, size)
+    return boxes_mask(read_boxes(path, width, height), width, height, size)
 
 
 def dataset_inputs(data: Any, split: str, boxes_dir: Path | None = None) -> Inputs:

@@ -9,7 +9,7 @@ seeded by (seed, epoch, k), so a resumed run starts at any batch without replayi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,17 +19,17 @@ from torch import Tensor
 from .base import ImageSet
 
 
-def random_crop_flip(
-    images: Tensor, padding: int, generator: torch.Generator, masks: Tensor | None = None, flip: bool = True
-) -> tuple[Tensor, Tensor | None]:
-    """Random ``padding``-pixel shifts (zero fill) and horizontal flips of a uint8 batch (N, C, H, W).
+def draw_crop_flip(
+    n: int, height: int, width: int, padding: int, generator: torch.Generator, flip: bool = True
+) -> Callable[[Tensor], Tensor]:
+    """Draw random ``padding``-pixel shifts (zero fill) and horizontal flips for a batch of ``n`` images of
+    ``height`` x ``width``, and return the function that applies them to any (n, H, W) or (n, C, H, W) tensor,
+    so that images, masks and target maps get the same crop and flip.
 
-    ``masks`` (N, H, W) or (N, T, H, W) (one per attribute), if given, get the same crop and flip, so they
-    stay aligned with the images.
     Two gathers do it for the whole batch: the rows each crop keeps, then its (possibly reversed)
     columns; several times faster than indexing pixels one by one.
     """
-    n, _, h, w = images.shape
+    h, w = height, width
     off_y = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
     off_x = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
     flipped = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
@@ -43,9 +43,20 @@ def random_crop_flip(
         kept = padded.view(n * c * hp, wp).index_select(0, rows).view(n, c, h, wp)
         return kept.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
-    if masks is None:
-        return crop(images), None
-    return crop(images), crop(masks) if masks.dim() == 4 else crop(masks.unsqueeze(1)).squeeze(1)
+    return lambda t: crop(t) if t.dim() == 4 else crop(t.unsqueeze(1)).squeeze(1)
+
+
+def random_crop_flip(
+    images: Tensor, padding: int, generator: torch.Generator, masks: Tensor | None = None, flip: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Random ``padding``-pixel shifts (zero fill) and horizontal flips of a uint8 batch (N, C, H, W).
+
+    ``masks`` (N, H, W) or (N, T, H, W) (one per attribute), if given, get the same crop and flip, so they
+    stay aligned with the images (see :func:`draw_crop_flip`).
+    """
+    n, _, h, w = images.shape
+    crop = draw_crop_flip(n, h, w, padding, generator, flip)
+    return crop(images), None if masks is None else crop(masks)
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -85,6 +96,13 @@ class Batch:
     images: Tensor  # normalised float32 (N, C, H, W)
     labels: Tensor  # (N,) class indices, or (N, T) float 0/1 attributes
     masks: Tensor | None  # bool, aligned with images: (N, H, W), or (N, T, H, W) one per attribute
+    targets: Tensor | None = None  # float32 (N, 1 or T, H, W) in [0, 1] target maps, aligned with images
+    guided: Tensor | None = None  # bool (N,): the images with a target map (the others get no map loss)
+
+
+def target_maps(targets: Tensor) -> Tensor:
+    """uint8 target maps (N, H, W) or (N, T, H, W), 0..255, as a batch's float32 (N, 1 or T, H, W) in [0, 1]."""
+    return (targets if targets.dim() == 4 else targets.unsqueeze(1)).float().div_(255)
 
 
 class InMemoryLoader:
@@ -122,17 +140,20 @@ class InMemoryLoader:
         for step in range(start, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.data.images[idx]
-            masks = None if self.data.masks is None else self.data.masks[idx]
+            masks, targets, guided = (None if t is None else t[idx]
+                                      for t in (self.data.masks, self.data.targets, self.data.guided))
             gen = epoch_generator(self.seed, epoch, step)
             if self.train:
-                images, masks = random_crop_flip(images, self.padding, gen, masks, self.flip)
+                crop = draw_crop_flip(len(idx), *images.shape[2:], self.padding, gen, self.flip)
+                images, masks, targets = (None if t is None else crop(t) for t in (images, masks, targets))
             x = normalize(images, self.mean, self.std)
             if self.train and self.cutout_size > 0:
                 cutout(x, self.cutout_size, gen)
             labels = self.data.labels[idx]
+            targets = None if targets is None else target_maps(targets)
             if self.world > 1:  # every process augments the whole batch alike, then keeps its slice
-                x, labels = x[self.rank::self.world], labels[self.rank::self.world]
-                masks = None if masks is None else masks[self.rank::self.world]
+                x, labels, masks, targets, guided = (None if t is None else t[self.rank::self.world]
+                                                     for t in (x, labels, masks, targets, guided))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, labels, masks)
+            yield Batch(x, labels, masks, targets, guided)

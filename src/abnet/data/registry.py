@@ -23,7 +23,7 @@ from .cifar import load_cifar
 from .folder import IN_MEMORY_MAX_SIZE, FolderIndex, FolderLoader, load_folder_in_memory, scan
 from .loader import InMemoryLoader
 from .mnist_idx import load_fashion_mnist
-from .shapes import make_shapes, make_shapes_multi
+from .shapes import make_shapes, make_shapes_multi, make_shapes_shortcut
 from .svhn import load_svhn
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -36,8 +36,8 @@ class DataOptions:
     """Loading options beyond the split: where the files are and a few per-set choices."""
 
     root: Path | None = None
-    image_size: int | None = None  # shapes(-multi): generated size; imagefolder: resize/crop size
-    seed: int = 0  # shapes(-multi): which generated set
+    image_size: int | None = None  # shapes*: generated size; imagefolder: resize/crop size
+    seed: int = 0  # shapes*: which generated set
     val_fraction: float = 0.1  # share of the training set held out where there is no val split
     coarse: bool = False  # cifar100: the 20 super-classes
 
@@ -74,7 +74,8 @@ SHAPES_SIZES = {"train": 10_000, "val": 2_000, "test": 2_000}
 
 
 def _generated(make: Callable[..., ImageSet]) -> Callable[[str, DataOptions, int | None], ImageSet]:
-    """The reader of a generated set (shapes, shapes-multi): SHAPES_SIZES images per split, or ``limit``."""
+    """The reader of a generated set (shapes, shapes-multi, shapes-shortcut): SHAPES_SIZES images per split, or
+    ``limit``."""
 
     def read(split: str, o: DataOptions, limit: int | None) -> ImageSet:
         n = SHAPES_SIZES[split] if limit is None else min(limit, SHAPES_SIZES[split])  # generate no more than used
@@ -93,7 +94,7 @@ def _read_folder(split: str, o: DataOptions, limit: int | None) -> ImageSet | Fo
 def _read_celeba(split: str, o: DataOptions, limit: int | None) -> ImageSet | FolderIndex:
     index = load_celeba(o.root, split, o.image_size or 224)
     if limit is not None and limit < len(index):  # decode only what is used
-        index = _take(index, torch.arange(limit))
+        index = index.subset(torch.arange(limit))
     return load_folder_in_memory(index) if index.size <= IN_MEMORY_MAX_SIZE else index
 
 
@@ -106,9 +107,12 @@ SHAPES = DataSpec("shapes", _generated(make_shapes), ("train", "val", "test"), m
                   std=(0.25, 0.25, 0.25))
 SHAPES_MULTI = DataSpec("shapes-multi", _generated(make_shapes_multi), ("train", "val", "test"), mean=(0.5, 0.5, 0.5),
                         std=(0.25, 0.25, 0.25))  # 10 binary attributes with a mask each; see make_shapes_multi
+SHAPES_SHORTCUT = DataSpec("shapes-shortcut", _generated(make_shapes_shortcut), ("train", "val", "test"),
+                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # a class marker in train; see shapes.py
 DATASETS = {spec.name: spec for spec in (
     SHAPES,
     SHAPES_MULTI,
+    SHAPES_SHORTCUT,
     DataSpec("cifar10", lambda split, o, _: load_cifar(o.root, split, 10), ("train", "test"),
              layout="cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
     DataSpec("cifar100", lambda split, o, _: load_cifar(o.root, split, 100, o.coarse), ("train", "test"),
@@ -140,12 +144,13 @@ def data_spec(name: str) -> DataSpec:
 
 
 def load_dataset(
-    name: str, split: str = "train", limit: int | None = None, options: DataOptions | None = None
+    name: str, split: str = "train", limit: int | None = None, options: DataOptions | None = None,
+    hold_out: bool = True,
 ) -> ImageSet | FolderIndex:
     """Load ``split`` of a named data set, at most ``limit`` samples.
 
     Where the data set has no "val" split, "val" is a fixed ``val_fraction`` of the training set and
-    "train" is the rest.
+    "train" is the rest (the whole training split with ``hold_out=False``, when "test" validates).
     """
     spec = data_spec(name)
     o = options or DataOptions()
@@ -161,15 +166,15 @@ def load_dataset(
     readable = native + spec.extra_splits + (() if "val" in native else ("val",))
     if split not in readable:
         raise DataError(f"data set {name!r} has no split {split!r}; choose one of {', '.join(readable)}")
-    if split in ("train", "val") and "val" not in native:
+    if split in ("train", "val") and "val" not in native and (hold_out or split == "val"):
         data = spec.read("train", o, None)
         held = _held_out(len(data), o.val_fraction)
         keep = held if split == "val" else ~held
-        data = _take(data, keep.nonzero().squeeze(1))
+        data = data.subset(keep.nonzero().squeeze(1))
     else:
         data = spec.read(split, o, limit)
     if limit is not None and limit < len(data):
-        data = _take(data, torch.arange(limit))
+        data = data.subset(torch.arange(limit))
     if len(data) == 0:
         raise DataError(f"split {split!r} of {name} is empty")
     return data
@@ -182,12 +187,6 @@ def _held_out(n: int, fraction: float) -> torch.Tensor:
     held = torch.zeros(n, dtype=torch.bool)
     held[order[:max(1, round(n * fraction))]] = True
     return held
-
-
-def _take(data: ImageSet | FolderIndex, index: torch.Tensor) -> ImageSet | FolderIndex:
-    if isinstance(data, ImageSet):
-        return data.subset(index)
-    return FolderIndex([data.paths[i] for i in index.tolist()], data.labels[index], data.classes, data.size)
 
 
 def make_loader(

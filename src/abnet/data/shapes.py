@@ -11,6 +11,11 @@ object mask makes attention maps measurable.
 in named colours on a greyish background, one attribute per shape and per colour, each with its own
 mask, to measure per-attribute attention maps.
 
+`shapes-shortcut` (:func:`make_shapes_shortcut`) is `shapes` with a shortcut to learn instead of the object, for
+studies of map guidance: a small square marker in a class colour. In training images it shows the image's class
+(its colour, at its class's place near the border) with probability :data:`MARKER_SHARE`; in the others, and in
+every val/test image, it shows a random class at a random place, so it says nothing there.
+
 Everything is drawn with vectorised torch ops on 2x super-sampled coordinates (anti-aliased
 edges), a few seconds for 10,000 images of 32x32 on two cores.
 """
@@ -35,6 +40,9 @@ _SUPERSAMPLE = 2
 _CHUNK = 1024  # images rendered at once, each chunk from its own seed
 _MULTI_STREAM = 1 << 48  # shapes-multi seeds its chunks apart from shapes, so the backgrounds differ
 _PLACES = 64  # shapes-multi: candidate positions tried per object
+MARKER_SHARE = 0.9  # shapes-shortcut: share of training images whose marker shows their class
+MARKER_RGB = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255]],
+                          dtype=torch.uint8)  # shapes-shortcut: the marker colour of each class, in CLASSES order
 
 
 def make_shapes(n: int, size: int = 32, seed: int = 0, split: str = "train") -> ImageSet:
@@ -64,6 +72,49 @@ def make_shapes_multi(n: int, size: int = 32, seed: int = 0, split: str = "train
     """
     images, labels, masks = _generate(n, size, seed, split, _render_multi, stream=_MULTI_STREAM)
     return ImageSet(images, labels, list(ATTRIBUTES), masks=masks)
+
+
+def make_shapes_shortcut(n: int, size: int = 32, seed: int = 0, split: str = "train") -> ImageSet:
+    """Generate ``n`` images of ``shapes-shortcut``; the same (seed, split) gives the same set.
+
+    The images are those of :func:`make_shapes` with the same arguments plus a marker, a square of
+    :func:`marker_side` pixels in a class's :data:`MARKER_RGB` colour. In ``train``, with probability
+    :data:`MARKER_SHARE` it is the image's class's colour at that class's place (:func:`marker_places`); otherwise,
+    and in ``val``/``test`` always, the colour of a random class (any, the image's own included) at a random
+    place. So the marker predicts the class in training only: a classifier that learnt it fails on the test
+    split. ``masks`` are the object's pixels (not the marker, which is drawn over anything it covers).
+    """
+    images, labels, masks = _generate(n, size, seed, split, lambda k, s, gen: _render_shortcut(k, s, gen, split))
+    return ImageSet(images, labels, list(CLASSES), masks=masks)
+
+
+def marker_side(size: int) -> int:
+    """shapes-shortcut: the side of the square marker in ``size`` x ``size`` images (4 pixels at 32)."""
+    return max(3, size // 8)
+
+
+def marker_places(size: int) -> Tensor:
+    """shapes-shortcut: each class's marker place, (len(CLASSES), 2) (top, left) pixels near the border: the four
+    corners, then the middles of the left and right sides."""
+    m, inset = marker_side(size), max(1, size // 16)
+    near, far, middle = inset, size - inset - m, (size - m) // 2
+    return torch.tensor([[near, near], [near, far], [far, near], [far, far], [middle, near], [middle, far]])
+
+
+def _render_shortcut(n: int, size: int, gen: torch.Generator, split: str) -> tuple[Tensor, Tensor, Tensor]:
+    """shapes, then a marker over it: its class's at its place in ``MARKER_SHARE`` of training images, else random."""
+    images, labels, masks = _render(n, size, gen)
+    m = marker_side(size)
+    faithful = (torch.rand(n, generator=gen) < MARKER_SHARE) & (split == "train")
+    shown = torch.where(faithful, labels, torch.randint(len(CLASSES), (n,), generator=gen))
+    anywhere = torch.randint(size - m + 1, (n, 2), generator=gen)
+    place = torch.where(faithful[:, None], marker_places(size)[labels], anywhere)
+    pixels = torch.arange(size)
+    rows = (pixels >= place[:, :1]) & (pixels < place[:, :1] + m)  # (n, size)
+    cols = (pixels >= place[:, 1:]) & (pixels < place[:, 1:] + m)
+    marker = rows[:, :, None] & cols[:, None, :]
+    images = torch.where(marker[:, None], MARKER_RGB[shown].view(n, 3, 1, 1), images)
+    return images, labels, masks & ~marker
 
 
 def _generate(n: int, size: int, seed: int, split: str, render, stream: int = 0) -> tuple[Tensor, Tensor, Tensor]:

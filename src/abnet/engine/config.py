@@ -12,8 +12,11 @@ from typing import Any
 from ..data.registry import DataOptions, data_spec
 from ..errors import AbnetError
 from ..models import MASK_MODES, model_info
+from .guidance import MAP_LOSSES
+from .precision import PRECISIONS
 
 SCHEDULES = ("step", "cosine")
+VAL_SPLITS = ("val", "test")
 
 
 @dataclass
@@ -34,23 +37,31 @@ class TrainConfig:
     schedule: str = "step"  # "step": x gamma at each milestone; "cosine": to zero
     milestones: list[float] | None = None  # epochs where "step" multiplies the lr by gamma (50 %, 75 %)
     gamma: float = 0.1
+    nesterov: bool = False  # Nesterov momentum
+    label_smoothing: float = 0.0  # class-index targets: cross-entropy against (1 - s) one-hot + s uniform
     warmup_epochs: float = 0.0  # linear warm-up from lr/10, counted in (fractional) epochs
     pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
     weights: str | None = None  # start from these weights: an abnet checkpoint or run, a research-code or tv/timm file
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 + grad scaler on CUDA
+    precision: str = "fp32"  # "auto" (by the hardware), "fp32", "bf16" or "fp16" (CUDA); config.json keeps the one used
     compile: bool = False  # torch.compile the model (eager with a message if it cannot compile)
     sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch
     source: str | None = None  # where a recipe's settings come from (paper, code); kept in config.json
     mask: str = "residual"  # ABN models only
     map_kernel: int = 3  # ABN models only: the map head's conv size
     shared_perception: bool = False  # multi-task (_abn_mt) models: one perception branch for all tasks
+    map_targets: str | None = None  # guide the map: "masks", "boxes:DIR" or a DIR of target maps (see data/targets)
+    map_loss: str = "l2"  # l2, energy or bce on an ABN's map; rrr (input gradients) for plain models
+    map_weight: float = 1.0  # the map loss's weight beside the two branches' losses
+    map_fraction: float = 1.0  # share of the training images whose targets are used (fixed by the seed)
     pos_weight: str | None = None  # attribute data: "balanced" weighs each attribute's positives by neg/pos
     seed: int = 0
     image_size: int | None = None  # side images are made or read at (default: 32, or the model's own for folders)
     limit_train: int | None = None
     limit_val: int | None = None
     val_fraction: float = 0.1  # share of the training set held out where the data set has no val split
+    val_split: str = "val"  # evaluate each epoch on "val" or on "test" (then the whole training split trains)
+    eval_flip: bool = False  # evaluation: average the logits of each image and its mirror image
     coarse: bool = False  # cifar100: the 20 super-classes instead of the 100 classes
     workers: int = 2  # DataLoader workers for image folders of large images
     cutout: int = 0  # side of the Cutout square in pixels (0: off)
@@ -76,10 +87,26 @@ class TrainConfig:
             raise AbnetError(f"val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.milestones is not None and sorted(self.milestones) != self.milestones:
             raise AbnetError(f"milestones must be increasing epochs, got {self.milestones}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AbnetError(f"label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.precision not in PRECISIONS:
+            raise AbnetError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.val_split not in VAL_SPLITS:
+            raise AbnetError(f"val-split must be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
         if self.schedule not in SCHEDULES:
             raise AbnetError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.mask not in MASK_MODES:
             raise AbnetError(f"unknown mask mode {self.mask!r}; choose one of {', '.join(MASK_MODES)}")
+        if self.map_loss not in MAP_LOSSES:
+            raise AbnetError(f"unknown map loss {self.map_loss!r}; choose one of {', '.join(MAP_LOSSES)}")
+        if not 0 <= self.map_fraction <= 1 or self.map_weight < 0:
+            raise AbnetError(f"map-fraction must lie in [0, 1] and map-weight be >= 0, got {self.map_fraction} "
+                             f"and {self.map_weight}")
+        if self.map_targets is not None:
+            info = model_info(self.model)
+            if info.is_abn == (self.map_loss == "rrr"):
+                raise AbnetError(f"--map-loss {self.map_loss} does not apply to {self.model}: ABN models take l2, "
+                                 "energy or bce on their map; plain models take rrr (their input gradients)")
         if self.pos_weight not in (None, "balanced"):
             raise AbnetError(f"pos-weight must be 'balanced' (or left out), got {self.pos_weight!r}")
         if self.map_kernel % 2 == 0:
@@ -120,6 +147,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from a dict (e.g. a saved ``config.json``), rejecting unknown keys by name."""
+        if "amp" in values:  # config.json of runs before --precision: amp true = the hardware's mixed precision
+            values = {"precision": "auto" if values["amp"] else "fp32", **values}
+            del values["amp"]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

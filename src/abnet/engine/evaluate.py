@@ -15,12 +15,22 @@ from ..models import ABNOutput, abn_loss, classification_loss, perception_logits
 from .attributes import AttributeCounts, attribute_metrics
 
 
-def model_loss(output: ABNOutput | Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+def model_loss(
+    output: ABNOutput | Tensor, target: Tensor, pos_weight: Tensor | None = None, label_smoothing: float = 0.0
+) -> Tensor:
     """ABN loss (both branches) for an ABN, the plain classification loss for a baseline; ``pos_weight``
-    (T,) weighs attributes' positives (0/1 targets only)."""
+    (T,) weighs attributes' positives (0/1 targets only), ``label_smoothing`` smooths class-index targets."""
     if isinstance(output, ABNOutput):
-        return abn_loss(output, target, pos_weight=pos_weight)
-    return classification_loss(output, target, pos_weight)
+        return abn_loss(output, target, pos_weight=pos_weight, label_smoothing=label_smoothing)
+    return classification_loss(output, target, pos_weight, label_smoothing)
+
+
+def _mean_logits(output: ABNOutput | Tensor, mirrored: ABNOutput | Tensor) -> ABNOutput | Tensor:
+    """``output`` with its logits (both branches') averaged with those of the mirror image's ``mirrored``."""
+    if isinstance(output, ABNOutput):
+        return output._replace(logits=(output.logits + mirrored.logits) / 2,
+                               att_logits=(output.att_logits + mirrored.att_logits) / 2)
+    return (output + mirrored) / 2
 
 
 def correct(logits: Tensor, target: Tensor) -> float:
@@ -36,11 +46,12 @@ def class_names(loader: InMemoryLoader | FolderLoader) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader, flip: bool = False) -> dict[str, Any]:
     """Top-1 accuracy of the perception branch (``accuracy``) and attention branch (``att_accuracy``,
     None for a plain model; for 0/1 attributes, the mean accuracy over attributes), mean ``loss`` (the
     training loss), ``n``, and ``pointing_game`` when the data has object masks and the model makes
-    attention maps.
+    attention maps. ``flip``: test-time augmentation, the logits averaged over each image and its mirror image
+    (the map and pointing game stay the unmirrored image's).
 
     For 0/1 attributes (float labels (N, T)) also ``attributes`` ({name: {accuracy, balanced_accuracy,
     positive_rate}} of the perception branch) and ``mean_balanced_accuracy``. With one mask per attribute
@@ -58,6 +69,8 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader) -> dict[st
     device = next(model.parameters()).device
     for batch in loader.epoch():
         out = model(batch.images.to(device))
+        if flip:
+            out = _mean_logits(out, model(batch.images.to(device).flip(3)))
         y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..data.folder import FolderIndex
 from ..data.loader import Batch
 from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
+from ..data.targets import attach_targets
 from ..errors import AbnetError
 from ..fileio import write_text
 from ..models import balanced_pos_weight, create_model, model_info
@@ -36,7 +38,9 @@ from .config import TrainConfig
 from .device import resolve_device
 from .distributed import Distributed, check_batch, setup, shutdown
 from .evaluate import evaluate, model_loss
+from .guidance import map_loss, rrr_loss
 from .plots import plot_curves
+from .precision import DTYPES, resolve_precision
 from .stopping import StopFlag, TrainingStopped, stop_on_signals
 
 log = logging.getLogger("abnet")
@@ -59,6 +63,7 @@ def train(
     cfg = cfg.validate().resolved()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
     device = resolve_device(cfg.device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # config.json records the one used
     if cfg.deterministic:
         deterministic_kernels()
     job = setup(device.type)  # under torchrun: join the job, one GPU per process
@@ -120,10 +125,11 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         # Fused on CUDA: one kernel, and with the loss scaler no host read of its inf check.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
-        # Mixed precision: bf16 autocast on CPU; fp16 with a loss scaler on CUDA.
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                                         fused=device.type == "cuda" or None)
+        # Mixed precision: bf16 or fp16 autocast; fp16 gradients need a loss scaler.
+        self.autocast_dtype = DTYPES.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         trained = self.model if not job.launched else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = Compiled(trained) if cfg.compile else trained
@@ -217,18 +223,28 @@ class Trainer:
         """One optimizer step on a batch; returns its loss (on the device, not read back)."""
         x = batch.images.to(self.device, non_blocking=True)
         y = batch.labels.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp):
-            loss = model_loss(self.forward(x), y, self.pos_weight)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            output = self.forward(x)
+            loss = model_loss(output, y, self.pos_weight, self.cfg.label_smoothing)
+            if batch.targets is not None:
+                loss = loss + self.cfg.map_weight * self.guidance_loss(output, x, y, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach().double()
 
+    def guidance_loss(self, output: Any, x: torch.Tensor, y: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The map loss of ``--map-targets``: on an ABN's attention map, or RRR's input gradients of a plain model."""
+        targets, guided = batch.targets.to(self.device), batch.guided.to(self.device)
+        if self.cfg.map_loss == "rrr":
+            return rrr_loss(self.model, x, y, targets, guided)
+        return map_loss(output.attention, targets, guided, self.cfg.map_loss)
+
     def end_epoch(self, state: RunState) -> dict[str, Any]:
         """Evaluate the epoch just trained, keep the best weights, save the state, and log the epoch's line."""
         cfg, epoch, steps = self.cfg, state.epoch + 1, len(self.train_loader)
-        val = evaluate(self.model, self.val_loader)
+        val = evaluate(self.model, self.val_loader, flip=cfg.eval_flip)
         metrics = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1), "val_loss": val["loss"],
                    "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
                    **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val},
@@ -287,8 +303,13 @@ def _prepare(
         saved = load_state(run_dir / STATE_FILE)  # a damaged state fails here, before anything is written
         check_resumable(cfg, CheckpointMeta.from_dict(saved["meta"], str(run_dir / STATE_FILE)), run_dir)
     options = cfg.data_options()  # missing or malformed data fails here, before anything is written
-    train_set = load_dataset(cfg.data, "train", cfg.limit_train, options)
-    val_set = load_dataset(cfg.data, "val", cfg.limit_val, options)
+    train_set = load_dataset(cfg.data, "train", cfg.limit_train, options, hold_out=cfg.val_split == "val")
+    if cfg.map_targets is not None:
+        if job.launched and cfg.map_loss == "rrr":
+            raise AbnetError("--map-loss rrr runs a second forward pass, which DistributedDataParallel cannot "
+                             "sync; train it in one process (without torchrun)")
+        train_set = attach_targets(train_set, cfg.map_targets, "train", options, cfg.map_fraction, cfg.seed)
+    val_set = load_dataset(cfg.data, cfg.val_split, cfg.limit_val, options)
     if model_info(cfg.model).is_multitask and not train_set.labels.is_floating_point():
         raise AbnetError(f"{cfg.model} learns binary attributes, but {cfg.data} has one class per image; use an "
                          "attribute data set (celeba, shapes-multi) or a single-task model (name_abn)")
@@ -312,15 +333,19 @@ def _prepare(
         except Exception:
             trainer.close()
             raise
-        log.info("resuming %s at epoch %d of %d%s", run_dir, state.epoch + 1, cfg.epochs,
-                 f", step {state.step + 1}" if state.step else "")
+        log.info("resuming %s at epoch %d of %d%s, in %s", run_dir, state.epoch + 1, cfg.epochs,
+                 f", step {state.step + 1}" if state.step else "", cfg.precision)
     else:
         state = RunState()
         if job.is_main:
             write_text(run_dir / "config.json", cfg.to_json())
-        log.info("training %s (%s parameters) on %s: %d train / %d val images of %s, %d epochs, on %s",
+        log.info("training %s (%s parameters) on %s: %d train / %d %s images of %s, %d epochs, on %s in %s",
                  cfg.model, f"{sum(p.numel() for p in trainer.model.parameters()):,}", cfg.data, len(train_set),
-                 len(val_set), "x".join(map(str, train_set.image_size)), cfg.epochs, device)
+                 len(val_set), cfg.val_split, "x".join(map(str, train_set.image_size)), cfg.epochs, device,
+                 cfg.precision)
+    if cfg.map_targets is not None:
+        log.info("map guidance: %s targets for %d of %d training images, %s loss x %g", cfg.map_targets,
+                 _guided_count(train_set), len(train_set), cfg.map_loss, cfg.map_weight)
     if job.is_main:
         trainer.last_metrics = _keep_metrics_before(run_dir / "metrics.jsonl", state.epoch)
     if state.epoch >= cfg.epochs:
@@ -329,7 +354,8 @@ def _prepare(
 
 
 # Settings that decide which images each step trains on: a resumed run must keep them.
-RESUME_FIXED = ("model", "data", "batch_size", "seed", "limit_train", "image_size", "val_fraction", "coarse")
+RESUME_FIXED = ("model", "data", "batch_size", "seed", "limit_train", "image_size", "val_fraction", "val_split",
+                "coarse")
 
 
 def check_resumable(cfg: TrainConfig, meta: CheckpointMeta, run_dir: Path) -> None:
@@ -402,6 +428,13 @@ class Compiled:
                         type(self.model).__name__, type(err).__name__, str(err).splitlines()[0][:200])
             self.compiled = None
             return self.model(x)
+
+
+def _guided_count(data: Any) -> int:
+    """Images of a training set that have a target map."""
+    if isinstance(data, FolderIndex):
+        return sum(any(p is not None for p in files) for files in data.target_paths)
+    return int(data.guided.sum())
 
 
 def _tensorboard(run_dir: Path):

@@ -1,5 +1,6 @@
 """`abnet explain`: maps for image files or a data set, a grid PNG, a self-contained HTML report and,
-on request, localisation and faithfulness metrics for ABN and each baseline on the same model."""
+on request, localisation and faithfulness metrics for ABN and each baseline on the same model, and
+predictions with edited maps beside the model's own."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..models import perception_logits
 from ..models.abn import probabilities
 from ..models.inference import inference_model
 from ..models.meta import CheckpointMeta
+from .edits import EditedMaps, predict_with_edits
 from .methods import Explanation, explain, minmax
 from .overlay import overlay, save_grid
 from .report import ReportItem, write_report
@@ -144,6 +146,58 @@ def _truth(inputs: Inputs, i: int, classes: list[str], logits: Tensor,
     return classes[int(label)], int(logits.argmax()) == int(label)
 
 
+def edit_records(inputs: Inputs, edits: EditedMaps, own: Tensor, edited: Tensor, classes: list[str], top_k: int,
+                 multi_label: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per image, its prediction with its own map and, where an edited map was given, with that; and a
+    summary: how many images were edited, for how many the top class (attributes: any decision) changed,
+    and, with labels, the accuracy of the edited images with their own and with the edited maps."""
+    records = []
+    for i, given in enumerate(edits.found.any(1).tolist()):
+        truth, correct = _truth(inputs, i, classes, own[i], multi_label)
+        record = {"name": inputs.names[i], "truth": truth, "edited": given,
+                  "prediction": _top_k(own[i], classes, top_k, multi_label), "correct": correct,
+                  "edited_prediction": None, "edited_correct": None, "changed": False}
+        if given:
+            decisions = (own[i] > 0, edited[i] > 0) if multi_label else (own[i].argmax(), edited[i].argmax())
+            record.update(edited_prediction=_top_k(edited[i], classes, top_k, multi_label),
+                          edited_correct=_truth(inputs, i, classes, edited[i], multi_label)[1],
+                          changed=not bool((decisions[0] == decisions[1]).all()))
+        records.append(record)
+    done = [r for r in records if r["edited"]]
+    summary: dict[str, Any] = {"images": len(records), "edited": len(done), "changed": sum(r["changed"] for r in done)}
+    if inputs.labels is not None and done:
+        summary["accuracy"] = sum(bool(r["correct"]) for r in done) / len(done)
+        summary["edited_accuracy"] = sum(bool(r["edited_correct"]) for r in done) / len(done)
+    return records, summary
+
+
+def _add_edits(items: list[ReportItem], inputs: Inputs, edits: EditedMaps, records: list[dict[str, Any]],
+               classes: list[str]) -> None:
+    """Each report entry with an edited map gets its overlay (one per attribute given) and the prediction with it."""
+    n = len(items)
+    tasks = edits.maps.shape[1]
+    for t in range(tasks):
+        label = "edited map" if tasks == 1 else f"edited: {classes[t]}"
+        shown = overlay(inputs.images[:n], edits.maps[:n, t:t + 1].float() / 255)
+        for i in edits.found[:n, t].nonzero().flatten().tolist():
+            items[i].overlays[label] = shown[i]
+    for item, record in zip(items, records):
+        if record["edited"]:
+            item.predictions["perception, edited map"] = record["edited_prediction"]
+            if record["changed"]:
+                change = "the edited map changes the prediction"
+                item.note = f"{item.note}; {change}" if item.note else change
+
+
+def edit_info(summary: dict[str, Any]) -> str:
+    """The edits' summary in words."""
+    text = f"{summary['edited']} of {summary['images']} images, prediction changed for {summary['changed']}"
+    if "accuracy" in summary:
+        text += (f"; their accuracy {summary['accuracy']:.3f} with their own maps, "
+                 f"{summary['edited_accuracy']:.3f} with the edited ones")
+    return text
+
+
 def run_explain(
     model: nn.Module,
     meta: CheckpointMeta,
@@ -157,9 +211,12 @@ def run_explain(
     batch_size: int = 128,
     compile: bool = False,
     info: dict[str, str] | None = None,
+    edits: EditedMaps | None = None,
 ) -> dict[str, Any]:
     """Explain ``inputs`` with ``model`` by each method and write ``grid.png``, ``report.html`` and, with
-    ``metrics``, ``metrics.json``, into ``out``. Returns a summary (files, metrics rows, failures)."""
+    ``metrics``, ``metrics.json``, into ``out``; with ``edits`` (an ABN's edited maps, see
+    :mod:`abnet.explain.edits`) also each image's prediction with its edited map, in the report and in
+    ``edits.json``. Returns a summary (files, metrics rows, failures, and the edits' summary)."""
     out = Path(out)
     if len(inputs.images) == 0:
         raise AbnetError("none of the images could be read: " + "; ".join(f"{f}: {r}" for f, r in inputs.failures[:3]))
@@ -177,6 +234,12 @@ def run_explain(
         rows = method_metrics(results, x, inputs, predict, steps, batch_size)
         write_text(out / "metrics.json", json.dumps({"rows": rows, **(info or {})}, indent=2) + "\n")
     items = report_items(inputs, results, classes, top_k, show, multi_label)
+    edit_summary = None
+    if edits is not None:
+        records, edit_summary = edit_records(inputs, edits, *predict_with_edits(model, x, edits, batch_size),
+                                             classes, top_k, multi_label)
+        _add_edits(items, inputs, edits, records, classes)
+        write_text(out / "edits.json", json.dumps({"summary": edit_summary, "images": records}, indent=2) + "\n")
     grid_maps = labelled_maps(results, classes)
     n_grid = min(len(items), 16 if len(grid_maps) <= 2 else 8)
     save_grid(out / "grid.png", inputs.images[:n_grid], {k: v[:n_grid] for k, v in grid_maps.items()},
@@ -185,8 +248,12 @@ def run_explain(
               columns=max(1, 10 // (1 + len(grid_maps))))
     report_info = {**(info or {}), "images": str(len(inputs.images)), "methods": ", ".join(methods),
                    "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if edit_summary is not None:
+        report_info["edited maps"] = edit_info(edit_summary)
     table = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows] or None
     write_report(out / "report.html", items, title=f"abnet explain: {meta.model_name}",
                  metrics=table, failures=inputs.failures, info=report_info)
     files = ["report.html", "grid.png"] + (["metrics.json"] if metrics else [])
-    return {"files": files, "metrics": rows, "failures": inputs.failures, "images": len(inputs.images)}
+    files += ["edits.json"] if edits is not None else []
+    return {"files": files, "metrics": rows, "failures": inputs.failures, "images": len(inputs.images),
+            "edits": edit_summary}

@@ -201,28 +201,34 @@ def probabilities(logits: Tensor, multi_label: bool) -> Tensor:
     return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
 
 
-def classification_loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy for class indices (N,); binary cross-entropy per attribute for 0/1 targets (N, T).
+def classification_loss(
+    logits: Tensor, target: Tensor, pos_weight: Tensor | None = None, label_smoothing: float = 0.0
+) -> Tensor:
+    """Cross-entropy for class indices (N,), with optional label smoothing; binary cross-entropy per attribute
+    for 0/1 targets (N, T).
 
     ``pos_weight`` (T,) scales each attribute's positive term (see :func:`balanced_pos_weight`); it
-    applies to 0/1 targets only.
+    applies to 0/1 targets only, as ``label_smoothing`` applies to class indices only.
     """
     if target.is_floating_point():
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
     if pos_weight is not None:
         raise ValueError("pos_weight applies to 0/1 attribute targets (float, (N, T)), not to class indices")
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def abn_loss(output: ABNOutput, target: Tensor, att_weight: float = 1.0, pos_weight: Tensor | None = None) -> Tensor:
+def abn_loss(
+    output: ABNOutput, target: Tensor, att_weight: float = 1.0, pos_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """ABN's training loss: the attention branch's loss * att_weight + the perception branch's.
 
     Cross-entropy for class indices; for multi-label 0/1 targets (N, T), e.g. CelebA's attributes,
     binary cross-entropy per attribute (also the loss of a multi-task ABN), with the optional
     per-attribute ``pos_weight`` (T,) on both branches.
     """
-    return (att_weight * classification_loss(output.att_logits, target, pos_weight)
-            + classification_loss(output.logits, target, pos_weight))
+    return (att_weight * classification_loss(output.att_logits, target, pos_weight, label_smoothing)
+            + classification_loss(output.logits, target, pos_weight, label_smoothing))
 
 
 def balanced_pos_weight(labels: Tensor, low: float = 0.1, high: float = 10.0) -> Tensor:

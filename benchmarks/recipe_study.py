@@ -1,0 +1,110 @@
+"""Training recipes compared on real images: each run is a whole `abnet train` process; its last epoch's
+held-out accuracy is one JSON line in --log (runs already there are skipped, so the study resumes).
+
+    python ../shared/data/cifar10_build.py /work/data/cifar          # 45,000 train / 5,000 held out
+    apt-get install dataset-fashion-mnist                           # /usr/share/datasets/fashion-mnist
+    python benchmarks/recipe_study.py --study short --log results/recipe_study.jsonl
+    python benchmarks/recipe_study.py --summary results/recipe_study.jsonl
+
+Held out: CIFAR-10's 5,000 images in test_batch (not trained on), Fashion-MNIST's official 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = {"cifar10": "/work/data/cifar", "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+# The recipes compared, as `abnet train` flags on top of its defaults.
+RECIPES = {
+    "old": ["--schedule", "step", "--weight-decay", "1e-4", "--batch-size", "128", "--lr", "0.1",
+            "--warmup-epochs", "0", "--precision", "fp32"],
+    # Candidates: cosine to zero after a short linear warm-up, Nesterov, label smoothing, flip TTA, bf16 by hardware.
+    "cos_b64": ["--schedule", "cosine", "--warmup-epochs", "0.5", "--nesterov", "--label-smoothing", "0.1",
+                "--weight-decay", "5e-4", "--batch-size", "64", "--lr", "0.1", "--eval-flip", "--precision", "auto"],
+    "cos_b64_lr02": ["--schedule", "cosine", "--warmup-epochs", "0.5", "--nesterov", "--label-smoothing", "0.1",
+                     "--weight-decay", "5e-4", "--batch-size", "64", "--lr", "0.2", "--eval-flip", "--precision",
+                     "auto"],
+    "cos_b32": ["--schedule", "cosine", "--warmup-epochs", "0.5", "--nesterov", "--label-smoothing", "0.1",
+                "--weight-decay", "5e-4", "--batch-size", "32", "--lr", "0.05", "--eval-flip", "--precision", "auto"],
+    "cos_b128_lr02": ["--schedule", "cosine", "--warmup-epochs", "0.5", "--nesterov", "--label-smoothing", "0.1",
+                      "--weight-decay", "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip", "--precision",
+                      "auto"],
+}
+# Studies: (data, images, epochs, seeds, recipes).
+STUDIES = {
+    "explore": [("cifar10", 5000, 4, (0,), list(RECIPES))],
+    "short": [("cifar10", 5000, 4, (0, 1), list(RECIPES)), ("fashion-mnist", 6000, 2, (0, 1), list(RECIPES))],
+}
+
+
+def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path) -> dict:
+    """Train one run as its own process and return its result line."""
+    cmd = [sys.executable, "-m", "abnet", "train", "--model", model, "--data", data, "--data-root", DATA[data],
+           "--val-split", "test", "--epochs", str(epochs), "--seed", str(seed), "--out", str(out), "--force",
+           *(["--limit-train", str(images)] if images else []), *RECIPES[recipe]]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    config = json.loads((out / "config.json").read_text())
+    return {"recipe": recipe, "model": model, "data": data, "images": images, "epochs": epochs, "seed": seed,
+            "held_out_accuracy": last["val_accuracy"], "att_accuracy": last["val_att_accuracy"],
+            "wall_s": round(wall, 1), "precision": config["precision"], "command": " ".join(cmd[1:])}
+
+
+def summary(path: Path) -> str:
+    """A markdown table: mean ± sd of held-out accuracy per (data, images, epochs, model, recipe)."""
+    groups: dict[tuple, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        groups.setdefault((r["data"], r["images"], r["epochs"], r["model"], r["recipe"]), []).append(r)
+    rows = ["| data | images x epochs | model | recipe | seeds | held-out accuracy | wall s |", "|" + "---|" * 7]
+    for (data, images, epochs, model, recipe), runs in sorted(groups.items(), key=str):
+        acc = [r["held_out_accuracy"] for r in runs]
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        rows.append(f"| {data} | {images or 'all'} x {epochs} | {model} | {recipe} | {len(acc)} | "
+                    f"{statistics.mean(acc):.3f} ± {sd:.3f} | {statistics.mean(r['wall_s'] for r in runs):.0f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", choices=sorted(STUDIES))
+    p.add_argument("--recipes", nargs="+", help="only these recipes")
+    p.add_argument("--model", default="resnet20_abn")
+    p.add_argument("--log", type=Path, help="JSONL file the results are appended to")
+    p.add_argument("--runs", type=Path, default=Path("/tmp/recipe_runs"), help="folder of the run folders")
+    p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
+    args = p.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
+    done = set()
+    if args.log and args.log.exists():
+        done = {(r["recipe"], r["model"], r["data"], r["images"], r["epochs"], r["seed"])
+                for r in map(json.loads, args.log.read_text().splitlines())}
+    for data, images, epochs, seeds, recipes in STUDIES[args.study]:
+        for recipe in args.recipes or recipes:
+            for seed in seeds:
+                key = (recipe, args.model, data, images, epochs, seed)
+                if key in done:
+                    continue
+                out = args.runs / f"{data}_{images}x{epochs}_{args.model}_{recipe}_s{seed}"
+                result = run(recipe, data, images, epochs, seed, args.model, out)
+                print(json.dumps(result), flush=True)
+                if args.log:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The arithmetic a run trains in, chosen by the hardware: bf16 autocast where the CPU computes bf16 natively,
+bf16 or fp16 (with a loss scaler) on GPUs that have the units for it, fp32 elsewhere."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import AbnetError
+
+log = logging.getLogger("abnet")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 (not emulate it)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX), from the kernel's CPU flags; False where
+    they cannot be read (non-Linux machines), which only means fp32 stays the choice."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def cuda_precision(device: torch.device) -> str:
+    """bf16 on GPUs with bf16 tensor cores (compute capability 8.0+), fp16 on those with fp16 ones (7.0+), else fp32."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision ``requested`` ("auto", "fp32", "bf16", "fp16") means on ``device``: "auto" by capability;
+    fp16 on a CPU is refused (PyTorch's CPU kernels are slow in fp16 and there is no loss scaler for it); bf16 on
+    a CPU without bf16 instructions runs, with a warning that it emulates bf16 and will be slow."""
+    if requested not in PRECISIONS:
+        raise AbnetError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        return cuda_precision(device) if requested == "auto" else requested
+    if requested == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if requested == "fp16":
+        raise AbnetError("--precision fp16 needs a CUDA GPU; on a CPU use --precision bf16 (or auto, which picks "
+                         "bf16 where the CPU computes it natively)")
+    if requested == "bf16" and not cpu_has_native_bf16():
+        log.warning("--precision bf16: this CPU has no bf16 instructions (AVX-512 BF16 or AMX), so bf16 is emulated "
+                    "and slower than fp32; --precision auto picks fp32 here")
+    return requested

@@ -1,0 +1,135 @@
+"""Edited attention maps at inference (Mitsuhara et al., arXiv 1905.03540): maps a person drew, read from a
+folder and fed to an ABN's perception branch in place of its own, so that the prediction with them can be set
+beside the model's own.
+
+The folder has the layout of training targets (:func:`abnet.data.targets.target_file`):
+``DIR/<split>/<class>/<stem>.png`` for a data set (``<stem>``: the image file's stem, or the image's index in
+the split for a generated set; no ``<class>/`` for attribute data), ``DIR/<stem>.png`` for image files; a
+multi-task model reads ``<stem>.<attribute>.png``. Maps are read as training reads them
+(:func:`abnet.data.folder.read_target`), then resized and cropped with their image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+
+from ..data.base import ImageSet
+from ..data.folder import FolderIndex, read_target, resize_center
+from ..data.images import Inputs
+from ..data.targets import sample_stems, target_file
+from ..engine.device import model_device
+from ..engine.guidance import area_resize
+from ..errors import AbnetError, DataError
+
+log = logging.getLogger("abnet")
+
+Place = tuple[list[Path], Path | None]  # one image's map files (one, or one per attribute) and its image file
+
+
+@dataclass
+class EditedMaps:
+    """Edited maps aligned with a batch of inputs.
+
+    maps:  uint8 (N, T, S, S), 255 = attend, at the input resolution (0 where none was given).
+    found: bool (N, T), which maps were given; an image without any keeps its own map.
+    """
+
+    maps: Tensor
+    found: Tensor
+
+
+def data_edit_places(root: Path, data: ImageSet | FolderIndex, split: str,
+                     attributes: Sequence[str] | None = None) -> list[Place]:
+    """Where each image of a data set split finds its edited map(s) under ``root``; ``attributes``: the task
+    names of a multi-task model (one map each)."""
+    images = data.paths if data.paths is not None else [None] * len(data)
+    single = data.labels.dim() == 1
+    return [([target_file(root, split, stem, data.classes[int(label)] if single else None, a)
+              for a in attributes or [None]], image)
+            for stem, label, image in zip(sample_stems(data), data.labels, images)]
+
+
+def file_edit_places(root: Path, files: Sequence[Path], attributes: Sequence[str] | None = None) -> list[Place]:
+    """Each image file's edited map(s): ``root/<stem>.png`` (multi-task: ``root/<stem>.<attribute>.png``)."""
+    return [([root / (f.stem + (f".{a}" if a else "") + ".png") for a in attributes or [None]], f) for f in files]
+
+
+def read_edited_maps(root: Path, places: Sequence[Place], inputs: Inputs) -> EditedMaps:
+    """The edited maps under ``root`` for ``inputs`` (``places`` as from :func:`data_edit_places` or
+    :func:`file_edit_places`, for every image before unreadable ones were dropped). A map file that cannot be
+    read is a :class:`DataError`; images without a map are named in one warning; no map for any image is an
+    :class:`AbnetError`."""
+    if not root.is_dir():
+        raise AbnetError(f"--attention {root} is not a folder; give the folder of edited maps "
+                         "(<split>/<class>/<stem>.png for a data set, <stem>.png for image files)")
+    failed = {name for name, _ in inputs.failures}
+    kept = [place for place in places if place[1] is None or str(place[1]) not in failed]
+    if len(kept) != len(inputs.images):
+        raise ValueError(f"{len(places)} places for {len(inputs.images)} images and {len(failed)} failures")
+    size = inputs.images.shape[-1]
+    maps = torch.zeros(len(kept), len(places[0][0]) if places else 1, size, size, dtype=torch.uint8)
+    found = torch.zeros(maps.shape[:2], dtype=torch.bool)
+    for i, (files, image) in enumerate(kept):
+        for t, path in enumerate(files):
+            if path.is_file():
+                maps[i, t] = _read_map(path, _image_size(image, size), size)
+                found[i, t] = True
+    edited = found.any(1)
+    if kept and not edited.any():
+        raise AbnetError(f"no edited map in {root} for any of the {len(kept)} images; expected e.g. {kept[0][0][0]}")
+    if not edited.all():
+        names = [inputs.names[i] for i in (~edited).nonzero().flatten().tolist()]
+        log.warning("%d of %d images have no edited map in %s (%s%s); they are shown with their own map only",
+                    len(names), len(kept), root, ", ".join(names[:3]), ", ..." if len(names) > 3 else "")
+    return EditedMaps(maps, found)
+
+
+def _image_size(image: Path | None, size: int) -> tuple[int, int]:
+    """The stored image's (width, height), which its map is fitted to before the image's resize and crop."""
+    if image is None:
+        return size, size
+    with Image.open(image) as img:
+        return img.size
+
+
+def _read_map(path: Path, image_size: tuple[int, int], size: int) -> Tensor:
+    """One map file fitted to its image as training reads it, then resized and cropped as the image: uint8 (S, S)."""
+    try:
+        grey = read_target(path, *image_size)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"edited map {path} is not a readable image ({type(err).__name__}); save maps as 8-bit "
+                        "grayscale PNGs, white = attend") from None
+    return torch.from_numpy(np.asarray(resize_center(grey, size)).copy())
+
+
+def predict_with_edits(model: nn.Module, x: Tensor, edits: EditedMaps, batch_size: int = 128) -> tuple[Tensor, Tensor]:
+    """An ABN's perception logits for ``x`` with its own maps and with the edited ones (resized to the map by
+    area averaging; the own map where none was given), on the CPU in float32. Runs in eval mode and leaves
+    the model in the mode it was in."""
+    if getattr(model, "mask", None) == "none":
+        log.warning("this model's perception branch does not read the map (mask mode none): edits change nothing")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    own, edited = [], []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(device)
+                out = model(xb)
+                given = area_resize(edits.maps[i:i + batch_size].to(device).float() / 255, out.attention.shape[-2:])
+                found = edits.found[i:i + batch_size, :, None, None].to(device)
+                maps = torch.where(found, given, out.attention.float())
+                own.append(out.logits.float().cpu())
+                edited.append(model(xb, attention=maps).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(own), torch.cat(edited)
