@@ -37,9 +37,13 @@ RECIPES = {
                       "--weight-decay", "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip", "--precision",
                       "auto"],
 }
-# Studies: (data, images, epochs, seeds, recipes).
+FAST = ["--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--label-smoothing", "0.1", "--weight-decay",
+        "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip"]
+RECIPES.update({"fast_fp32": [*FAST, "--precision", "fp32"], "fast_bf16": [*FAST, "--precision", "bf16"]})
+# Studies: (data, images (None: all 45,000), epochs, seeds, recipes).
 STUDIES = {
     "explore": [("cifar10", 5000, 4, (0,), list(RECIPES))],
+    "precision": [("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
     "short": [("cifar10", 5000, 4, (0, 1), list(RECIPES)), ("fashion-mnist", 6000, 2, (0, 1), list(RECIPES))],
 }
 
@@ -47,8 +51,10 @@ STUDIES = {
 def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path) -> dict:
     """Train one run as its own process and return its result line."""
     cmd = [sys.executable, "-m", "abnet", "train", "--model", model, "--data", data, "--data-root", DATA[data],
-           "--val-split", "test", "--epochs", str(epochs), "--seed", str(seed), "--out", str(out), "--force",
+           "--val-split", "test", "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
            *(["--limit-train", str(images)] if images else []), *RECIPES[recipe]]
+    # A run stopped before (a session's end) continues where it stopped; wall_s then counts this part only.
+    cmd += ["--resume"] if (out / "last.pt").is_file() else ["--force"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     wall = time.perf_counter() - start

@@ -186,10 +186,10 @@ def test_data_set_maps_go_to_split_class_stem(checkpoint, tmp_path):
         (tmp_path / "val" / name).parent.mkdir(parents=True, exist_ok=True)
         save_random_image(tmp_path / "val" / name, (SIZE, SIZE, 3), rng)
     folder = dataset_items(scan(tmp_path / "val", ["ring", "star"], SIZE), "val")
-    assert folder.targets == ["val/ring/r1", "val/star/s1", "val/star/s2"]
+    assert folder.files == [[Path("val/ring/r1.png")], [Path("val/star/s1.png")], [Path("val/star/s2.png")]]
     images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8)
     memory = dataset_items(ImageSet(images, torch.tensor([4, 0, 4]), list(CLASSES)), "test")
-    assert memory.targets == ["test/ring/0", "test/circle/1", "test/ring/2"]
+    assert memory.files == [[Path("test/ring/0.png")], [Path("test/circle/1.png")], [Path("test/ring/2.png")]]
     editor = Editor(model, meta, memory, tmp_path / "maps")
     maps = np.full((1, SIZE, SIZE), 7, np.uint8)
     assert editor.save(1, maps) == [tmp_path / "maps" / "test" / "circle" / "1.png"]
@@ -199,9 +199,9 @@ def test_data_set_maps_go_to_split_class_stem(checkpoint, tmp_path):
 def test_a_multi_task_model_saves_one_map_per_attribute(tmp_path):
     model, meta = load_checkpoint(write_checkpoint(tmp_path / "mt", "resnet20_abn_mt"))
     images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)
-    items = dataset_items(ImageSet(images, torch.ones(1, len(CLASSES)), list(CLASSES)), "test")
+    items = dataset_items(ImageSet(images, torch.ones(1, len(CLASSES)), list(CLASSES)), "test", list(CLASSES))
     editor = Editor(model, meta, items, tmp_path / "maps")
-    assert items.targets == ["test/0"] and editor.num_maps == len(CLASSES)
+    assert items.files == [[Path(f"test/0.{c}.png") for c in CLASSES]] and editor.num_maps == len(CLASSES)
     maps = np.stack([np.full((SIZE, SIZE), 40 * t, np.uint8) for t in range(len(CLASSES))])
     files = editor.save(0, maps)
     assert [f.name for f in files] == [f"0.{c}.png" for c in CLASSES]
@@ -229,7 +229,7 @@ def test_cli_serves_on_localhost_with_a_token(checkpoint, tmp_path, capsys, monk
     assert code == 0 and len(served) == 1
     assert f"http://127.0.0.1:{served[0].server_port}/?token={served[0].token}" in out
     assert len(served[0].token) >= 32
-    assert served[0].editor.items.targets[0].startswith("test/") and len(served[0].editor) == 3
+    assert served[0].editor.items.files[0][0].parts[0] == "test" and len(served[0].editor) == 3
 
 
 def test_cli_refuses_a_plain_model_and_missing_inputs(tmp_path, images, capsys, checkpoint):

@@ -371,7 +371,7 @@ def _checkpoint_data(args: argparse.Namespace, meta: CheckpointMeta) -> tuple[An
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.images import dataset_inputs, image_files, read_images
     from .errors import AbnetError
-    from .explain.edits import data_edit_places, file_edit_places, read_edited_maps
+    from .explain.edits import data_edit_places, file_edit_places, map_attributes, read_edited_maps
     from .explain.methods import METHODS, check_method
     from .explain.run import edit_info, run_explain
 
@@ -399,7 +399,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         inputs, source = read_images(files, meta.image_size[0], boxes_dir=boxes), "files"
     edits = None
     if args.attention:
-        root, tasks = Path(args.attention), list(meta.classes) if getattr(model, "num_tasks", None) else None
+        root, tasks = Path(args.attention), map_attributes(model, meta.classes)
         places = data_edit_places(root, data, split, tasks) if args.data else file_edit_places(root, files, tasks)
         edits = read_edited_maps(root, places, inputs)
     info = {"checkpoint": str(args.checkpoint), "model": meta.model_name, "data": source}
@@ -422,15 +422,17 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .data.images import image_files
     from .errors import AbnetError
     from .explain.editor import dataset_items, file_items, require_abn, serve
+    from .explain.edits import map_attributes
 
     if bool(args.inputs) == bool(args.data):
         raise AbnetError("give image files/folders or --data NAME (one of the two) to edit")
     model, meta = _load_on_device(args)
     require_abn(model, meta)
+    tasks = map_attributes(model, meta.classes)
     if args.data:
-        items = dataset_items(*_checkpoint_data(args, meta))
+        items = dataset_items(*_checkpoint_data(args, meta), tasks)
     else:
-        items = file_items(image_files(args.inputs), meta.image_size[0])
+        items = file_items(image_files(args.inputs), meta.image_size[0], tasks)
     for name, reason in items.inputs.failures:
         print(f"abnet edit: skipped {name}: {reason}", file=sys.stderr)
     server = serve(model, meta, items, args.out, port=args.port, top_k=args.top_k, open_browser=args.open)

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.folder import FolderIndex
 from ..data.images import Inputs, dataset_inputs, read_images
 from ..data.loader import normalize
 from ..engine.device import model_device
@@ -39,7 +38,8 @@ from ..errors import AbnetError
 from ..fileio import atomic_write
 from ..models.abn import ABNOutput, probabilities
 from ..models.meta import CheckpointMeta
-from .run import _top_k, _truth
+from .edits import Place, data_edit_places, file_edit_places, readable_places
+from .run import top_k_predictions, truth_and_correct
 
 log = logging.getLogger("abnet")
 
@@ -52,56 +52,45 @@ _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.S)
 
 @dataclass
 class EditItems:
-    """Images to edit and where each one's edited map goes: ``targets[i]`` is image i's map path relative to the
-    output folder, without ".png": ``<split>/<class>/<stem>`` for a data set (``<split>/<stem>`` for attribute
-    data), ``<stem>`` for image files. A multi-task model's maps add ``.<attribute>``."""
+    """Images to edit and where each one's edited maps go: ``files[i]``, image i's map files relative to the
+    output folder, in the layout ``abnet explain --attention`` reads (:mod:`abnet.explain.edits`): one file, or
+    one per attribute of a multi-task model."""
 
     inputs: Inputs
-    targets: list[str]
+    files: list[list[Path]]
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.files)
 
 
-def file_items(files: Sequence[Path], size: int) -> EditItems:
+def file_items(files: Sequence[Path], size: int, attributes: Sequence[str] | None = None) -> EditItems:
     """Image files read as explain reads them (``size`` x ``size``, shorter side, centre crop); map i goes to
-    ``OUT/<stem>.png``. Unreadable files are listed in ``inputs.failures``."""
-    inputs = read_images(files, size)
-    return _checked(EditItems(inputs, [Path(name).stem for name in inputs.names]))
+    ``OUT/<stem>.png`` (``attributes``: the task names of a multi-task model, ``OUT/<stem>.<attribute>.png``).
+    Unreadable files are listed in ``inputs.failures``."""
+    return _checked(read_images(files, size), file_edit_places(Path(), files, attributes))
 
 
-def dataset_items(data: Any, split: str) -> EditItems:
+def dataset_items(data: Any, split: str, attributes: Sequence[str] | None = None) -> EditItems:
     """A data set split (an ImageSet in memory, or a FolderIndex of files): map i goes to
-    ``OUT/<split>/<class>/<stem>.png``, the stem being the file's, or for a set held in memory the image's index
-    in the split."""
-    inputs = dataset_inputs(data, split)
-    stems = ([Path(name).stem for name in inputs.names] if isinstance(data, FolderIndex)
-             else [str(i) for i in range(len(data))])
-    labels = inputs.labels
-    if labels is not None and labels.dim() == 1:
-        targets = [f"{split}/{data.classes[int(y)]}/{stem}" for y, stem in zip(labels, stems)]
-    else:  # attributes: no class folder
-        targets = [f"{split}/{stem}" for stem in stems]
-    return _checked(EditItems(inputs, targets))
+    ``OUT/<split>/<class>/<stem>.png`` as :func:`abnet.explain.edits.data_edit_places` lays it out."""
+    return _checked(dataset_inputs(data, split), data_edit_places(Path(), data, split, attributes))
 
 
-def _checked(items: EditItems) -> EditItems:
-    """Refuse targets that would leave the output folder or that two images share."""
-    seen: dict[str, str] = {}
-    for name, target in zip(items.inputs.names, items.targets):
-        for part in target.split("/"):
-            _file_name(part)
-        if target in seen:
-            raise AbnetError(f"{seen[target]} and {name} would both save their map to {target}.png; give the "
-                             "images distinct file names")
-        seen[target] = name
+def _checked(inputs: Inputs, places: Sequence[Place]) -> EditItems:
+    """The readable images with their map files; refuses files that would leave the output folder or that two
+    images share."""
+    items = EditItems(inputs, [files for files, _ in readable_places(places, inputs)])
+    seen: dict[Path, str] = {}
+    for name, files in zip(inputs.names, items.files):
+        for file in files:
+            for part in file.parts:
+                if part == ".." or any(c in part for c in "/\\\0"):
+                    raise AbnetError(f"{part!r} cannot be part of a map file's name; rename the class or image")
+            if file in seen:
+                raise AbnetError(f"{seen[file]} and {name} would both save their map to {file}; give the images "
+                                 "distinct file names")
+            seen[file] = name
     return items
-
-
-def _file_name(part: str) -> str:
-    if part in ("", ".", "..") or any(c in part for c in "/\\\0"):
-        raise AbnetError(f"{part!r} cannot be part of a map file's name; rename the class or image")
-    return part
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -135,7 +124,10 @@ class Editor:
         self._lock = threading.Lock()
         self._own: dict[int, ABNOutput] = {}
         self.num_maps = self.own_output(0).attention.shape[1]
-        self.map_names = [_file_name(c) for c in self.classes] if self.num_maps > 1 else None
+        if any(len(files) != self.num_maps for files in items.files):
+            raise ValueError(f"the items have {len(items.files[0])} map files per image, the model {self.num_maps} "
+                             "maps: make them with attributes=map_attributes(model, classes)")
+        self.map_names = self.classes if self.num_maps > 1 else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -155,10 +147,11 @@ class Editor:
 
     def _predictions(self, output: ABNOutput, attention: bool) -> dict[str, Any]:
         result: dict[str, Any] = {
-            "perception": _top_k(output.logits[0], self.classes, self.top_k, self.multi_label),
+            "perception": top_k_predictions(output.logits[0], self.classes, self.top_k, self.multi_label),
             "probabilities": probabilities(output.logits[0], self.multi_label).tolist()}
         if attention:
-            result["attention"] = _top_k(output.att_logits[0], self.classes, self.top_k, self.multi_label)
+            result["attention"] = top_k_predictions(output.att_logits[0], self.classes, self.top_k,
+                                                    self.multi_label)
         return result
 
     def info(self) -> dict[str, Any]:
@@ -173,10 +166,10 @@ class Editor:
     def item(self, i: int) -> dict[str, Any]:
         """Image i: its name, truth, note, the files its maps save to, and its prediction with its own map."""
         inputs, output, files = self.items.inputs, self.own_output(i), self.files(i)
-        truth, correct = _truth(inputs, i, self.classes, output.logits[0], self.multi_label)
+        truth, correct = truth_and_correct(inputs, i, self.classes, output.logits[0], self.multi_label)
         return {"index": i, "name": inputs.names[i], "truth": truth, "correct": correct,
                 "note": inputs.notes[i] if inputs.notes else None,
-                "files": [str(f.relative_to(self.out)) for f in files], "saved": all(f.is_file() for f in files),
+                "files": [str(f) for f in self.items.files[i]], "saved": all(f.is_file() for f in files),
                 "predictions": self._predictions(output, attention=True)}
 
     def image_png(self, i: int) -> bytes:
@@ -206,9 +199,8 @@ class Editor:
         return self._predictions(ABNOutput(*(t.float().cpu() for t in out)), attention=False)
 
     def files(self, i: int) -> list[Path]:
-        base = self.items.targets[i]
-        names = [f"{base}.png"] if self.map_names is None else [f"{base}.{a}.png" for a in self.map_names]
-        return [self.out / name for name in names]
+        """Where image i's maps are saved."""
+        return [self.out / f for f in self.items.files[i]]
 
     def save(self, i: int, maps: np.ndarray) -> list[Path]:
         """Write image i's maps as 8-bit grayscale PNGs at its display size, each atomically."""
@@ -309,8 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
         maps = editor.maps_from_bytes(self._body(editor))
         if action == "infer":
             return self._json(editor.infer(i, maps))
-        files = editor.save(i, maps)
-        self._json({"files": [str(f.relative_to(editor.out)) for f in files]})
+        editor.save(i, maps)
+        self._json({"files": [str(f) for f in editor.items.files[i]]})
 
     def _body(self, editor: Editor) -> bytes:
         length = self.headers.get("Content-Length", "")

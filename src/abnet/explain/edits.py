@@ -62,6 +62,22 @@ def file_edit_places(root: Path, files: Sequence[Path], attributes: Sequence[str
     return [([root / (f.stem + (f".{a}" if a else "") + ".png") for a in attributes or [None]], f) for f in files]
 
 
+def map_attributes(model: nn.Module, classes: Sequence[str]) -> list[str] | None:
+    """The names that tell an ABN's map files apart: a multi-task model's task names (``<stem>.<attribute>.png``,
+    one map each), else None (one map, ``<stem>.png``)."""
+    return list(classes) if getattr(model, "num_tasks", None) is not None else None
+
+
+def readable_places(places: Sequence[Place], inputs: Inputs) -> list[Place]:
+    """The places of the images ``inputs`` holds, in its order: ``places`` (for every image) less those of the
+    files that could not be read."""
+    failed = {name for name, _ in inputs.failures}
+    kept = [place for place in places if place[1] is None or str(place[1]) not in failed]
+    if len(kept) != len(inputs.images):
+        raise ValueError(f"{len(places)} places for {len(inputs.images)} images and {len(failed)} failures")
+    return kept
+
+
 def read_edited_maps(root: Path, places: Sequence[Place], inputs: Inputs) -> EditedMaps:
     """The edited maps under ``root`` for ``inputs`` (``places`` as from :func:`data_edit_places` or
     :func:`file_edit_places`, for every image before unreadable ones were dropped). A map file that cannot be
@@ -70,10 +86,7 @@ def read_edited_maps(root: Path, places: Sequence[Place], inputs: Inputs) -> Edi
     if not root.is_dir():
         raise AbnetError(f"--attention {root} is not a folder; give the folder of edited maps "
                          "(<split>/<class>/<stem>.png for a data set, <stem>.png for image files)")
-    failed = {name for name, _ in inputs.failures}
-    kept = [place for place in places if place[1] is None or str(place[1]) not in failed]
-    if len(kept) != len(inputs.images):
-        raise ValueError(f"{len(places)} places for {len(inputs.images)} images and {len(failed)} failures")
+    kept = readable_places(places, inputs)
     size = inputs.images.shape[-1]
     maps = torch.zeros(len(kept), len(places[0][0]) if places else 1, size, size, dtype=torch.uint8)
     found = torch.zeros(maps.shape[:2], dtype=torch.bool)

@@ -98,7 +98,8 @@ def _attribute_localisation(maps: Tensor, inputs: Inputs) -> dict[str, Any]:
             "pointing_game_per_attribute": per_attribute.tolist()}
 
 
-def _top_k(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> list[tuple[str, float]]:
+def top_k_predictions(logits: Tensor, classes: list[str], k: int, multi_label: bool) -> list[tuple[str, float]]:
+    """One image's ``k`` most probable classes (attributes: by their own sigmoid) with their probabilities."""
     values, index = probabilities(logits, multi_label).topk(min(k, len(classes)))
     return [(classes[i], v) for i, v in zip(index.tolist(), values.tolist())]
 
@@ -124,10 +125,10 @@ def report_items(inputs: Inputs, results: dict[str, MethodResult], classes: list
     overlays = {label: overlay(inputs.images[:n], maps[:n]) for label, maps in labelled_maps(results, classes).items()}
     items = []
     for i in range(n):
-        predictions = {"perception": _top_k(first.logits[i], classes, top_k, multi_label)}
+        predictions = {"perception": top_k_predictions(first.logits[i], classes, top_k, multi_label)}
         if first.att_logits is not None:
-            predictions["attention"] = _top_k(first.att_logits[i], classes, top_k, multi_label)
-        truth, correct = _truth(inputs, i, classes, first.logits[i], multi_label)
+            predictions["attention"] = top_k_predictions(first.att_logits[i], classes, top_k, multi_label)
+        truth, correct = truth_and_correct(inputs, i, classes, first.logits[i], multi_label)
         items.append(ReportItem(
             name=inputs.names[i], image=inputs.images[i].permute(1, 2, 0).numpy(),
             overlays={label: o[i] for label, o in overlays.items()}, predictions=predictions,
@@ -135,8 +136,10 @@ def report_items(inputs: Inputs, results: dict[str, MethodResult], classes: list
     return items
 
 
-def _truth(inputs: Inputs, i: int, classes: list[str], logits: Tensor,
-           multi_label: bool) -> tuple[str | None, bool | None]:
+def truth_and_correct(inputs: Inputs, i: int, classes: list[str], logits: Tensor,
+                      multi_label: bool) -> tuple[str | None, bool | None]:
+    """Image i's true class (attributes: those present) in words, and whether ``logits`` decide it right (every
+    attribute, for attribute data); both None without labels."""
     if inputs.labels is None:
         return None, None
     label = inputs.labels[i]
@@ -153,14 +156,14 @@ def edit_records(inputs: Inputs, edits: EditedMaps, own: Tensor, edited: Tensor,
     and, with labels, the accuracy of the edited images with their own and with the edited maps."""
     records = []
     for i, given in enumerate(edits.found.any(1).tolist()):
-        truth, correct = _truth(inputs, i, classes, own[i], multi_label)
+        truth, correct = truth_and_correct(inputs, i, classes, own[i], multi_label)
         record = {"name": inputs.names[i], "truth": truth, "edited": given,
-                  "prediction": _top_k(own[i], classes, top_k, multi_label), "correct": correct,
+                  "prediction": top_k_predictions(own[i], classes, top_k, multi_label), "correct": correct,
                   "edited_prediction": None, "edited_correct": None, "changed": False}
         if given:
             decisions = (own[i] > 0, edited[i] > 0) if multi_label else (own[i].argmax(), edited[i].argmax())
-            record.update(edited_prediction=_top_k(edited[i], classes, top_k, multi_label),
-                          edited_correct=_truth(inputs, i, classes, edited[i], multi_label)[1],
+            record.update(edited_prediction=top_k_predictions(edited[i], classes, top_k, multi_label),
+                          edited_correct=truth_and_correct(inputs, i, classes, edited[i], multi_label)[1],
                           changed=not bool((decisions[0] == decisions[1]).all()))
         records.append(record)
     done = [r for r in records if r["edited"]]

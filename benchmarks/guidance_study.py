@@ -1,0 +1,138 @@
+"""Does guiding ABN's attention map cure shortcut learning? On `shapes-shortcut` (a class-coloured marker at a
+class-specific place in 90 % of the training images, at a random place with a random colour in test images),
+train with object masks as target maps for a share of the training images — from scratch, or by fine-tuning
+the unguided model — beside RRR on the plain network, and inference-time edits alone (test maps replaced by the
+object masks). Each row: test accuracy (2,000 held-out images) and pointing game, one JSON line per run in --log
+(runs already there are skipped, so the study resumes).
+
+    python benchmarks/guidance_study.py --log results/attention_guidance.jsonl [--seeds 0 1]
+    python benchmarks/guidance_study.py --summary results/attention_guidance.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from abnet.data.registry import data_spec, load_dataset, make_loader
+from abnet.engine.checkpoint import load_checkpoint
+from abnet.engine.config import TrainConfig
+from abnet.engine.evaluate import evaluate
+from abnet.engine.guidance import area_resize
+from abnet.engine.train import train
+
+# The recipe every run shares: the demo's (cosine, batch 64), on 4,000 training images.
+BASE = TrainConfig(model="resnet20_abn", data="shapes-shortcut", epochs=5, batch_size=64, lr=0.1,
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, limit_train=4000, limit_val=500,
+                   precision="auto")
+FINE_TUNE_EPOCHS = 2
+SHARES = (0.01, 0.05, 0.25, 1.0)
+TEST_IMAGES = 2000
+
+
+def variants() -> dict[str, tuple[dict, str | None]]:
+    """Run name -> (settings over BASE, the run it fine-tunes from or None)."""
+    runs: dict[str, tuple[dict, str | None]] = {
+        "clean": ({"data": "shapes"}, None),
+        "unguided": ({}, None),
+        "plain_unguided": ({"model": "resnet20"}, None),
+        "unguided_multiply": ({"mask": "multiply"}, None),
+        "guided_multiply_5%": ({"mask": "multiply", "map_targets": "masks", "map_fraction": 0.05}, None),
+    }
+    for share in SHARES:
+        pct = f"{share:.0%}"
+        runs[f"guided_{pct}"] = ({"map_targets": "masks", "map_fraction": share}, None)
+        runs[f"finetune_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "epochs": FINE_TUNE_EPOCHS,
+                                    "lr": 0.02, "warmup_epochs": 0.0}, "unguided")
+        runs[f"rrr_{pct}"] = ({"model": "resnet20", "map_targets": "masks", "map_loss": "rrr", "map_fraction": share,
+                               "map_weight": 100.0}, None)
+    return runs
+
+
+@torch.no_grad()
+def test_scores(run_dir: Path, data: str) -> dict:
+    """Test accuracy and pointing game of a run's best weights; for ABN models also with the test maps replaced
+    by the object masks (the inference-time edit a person would make)."""
+    model, meta = load_checkpoint(run_dir / "best.safetensors")
+    options = replace(BASE, data=data).data_options()
+    test = load_dataset(data, "test", TEST_IMAGES, options)
+    loader = make_loader(test, data_spec(data), 250)
+    scores = evaluate(model, loader)
+    result = {"test_accuracy": scores["accuracy"], "pointing_game": scores.get("pointing_game")}
+    if scores["att_accuracy"] is not None:
+        hits = 0
+        for batch in loader.epoch():
+            own = model(batch.images)
+            edited = area_resize(batch.masks.unsqueeze(1).float(), own.attention.shape[-2:])
+            hits += (model(batch.images, attention=edited).logits.argmax(1) == batch.labels).sum().item()
+        result["test_accuracy_mask_edits"] = hits / len(test)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log", type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--only", nargs="+", help="only these runs (their fine-tuning bases run first)")
+    p.add_argument("--runs", type=Path, default=Path("/work/runs/guidance"))
+    p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
+    args = p.parse_args()
+    if args.summary:
+        print(summary(args.summary))
+        return
+    done = {(r["run"], r["seed"]) for r in map(json.loads, args.log.read_text().splitlines())} if (
+        args.log and args.log.exists()) else set()
+    table = variants()
+    names = args.only or list(table)
+    for seed in args.seeds:
+        for name in names:
+            settings, base = table[name]
+            if (name, seed) in done:
+                continue
+            out = args.runs / f"{name}_s{seed}"
+            start = time.perf_counter()
+            cfg = replace(BASE, **settings, seed=seed, out=str(out))
+            if base is not None:
+                cfg = replace(cfg, weights=str(args.runs / f"{base}_s{seed}"))
+            metrics = train(cfg, progress=False, force=True)
+            row = {"run": name, "seed": seed, "model": cfg.model, "mask": cfg.mask, "map_fraction":
+                   cfg.map_fraction if cfg.map_targets else 0.0, "fine_tuned_from": base,
+                   "val_accuracy": metrics["val_accuracy"], **test_scores(out, cfg.data),
+                   "train_s": round(time.perf_counter() - start, 1)}
+            print(json.dumps(row), flush=True)
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def summary(path: Path) -> str:
+    """Markdown: mean ± sd over seeds of each run's test accuracy, pointing game and accuracy with mask edits."""
+    groups: dict[str, list[dict]] = {}
+    for row in map(json.loads, path.read_text().splitlines()):
+        groups.setdefault(row["run"], []).append(row)
+
+    def cell(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if not values:
+            return "–"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+    lines = ["| run | seeds | test accuracy | pointing game | test accuracy, maps edited to the masks |",
+             "|---|---|---|---|---|"]
+    for name in variants():
+        if name in groups:
+            rows = groups[name]
+            lines.append(f"| {name} | {len(rows)} | {cell(rows, 'test_accuracy')} | {cell(rows, 'pointing_game')} | "
+                         f"{cell(rows, 'test_accuracy_mask_edits')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
