@@ -33,6 +33,7 @@ BASE = TrainConfig(model="resnet20_abn", data="shapes-shortcut", epochs=5, batch
                    precision="auto")
 FINE_TUNE_EPOCHS = 2
 SHARES = (0.01, 0.05, 0.25, 1.0)
+RRR_SHARES = (0.05, 1.0)
 TEST_IMAGES = 2000
 
 
@@ -50,8 +51,10 @@ def variants() -> dict[str, tuple[dict, str | None]]:
         runs[f"guided_{pct}"] = ({"map_targets": "masks", "map_fraction": share}, None)
         runs[f"finetune_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "epochs": FINE_TUNE_EPOCHS,
                                     "lr": 0.02, "warmup_epochs": 0.0}, "unguided")
-        runs[f"rrr_{pct}"] = ({"model": "resnet20", "map_targets": "masks", "map_loss": "rrr", "map_fraction": share,
-                               "map_weight": 100.0}, None)
+    runs["guided_energy_5%"] = ({"map_targets": "masks", "map_fraction": 0.05, "map_loss": "energy"}, None)
+    for share in RRR_SHARES:  # RRR's double backward costs about three ABN steps
+        runs[f"rrr_{share:.0%}"] = ({"model": "resnet20", "map_targets": "masks", "map_loss": "rrr",
+                                     "map_fraction": share, "map_weight": 100.0}, None)
     return runs
 
 
