@@ -82,7 +82,8 @@ def main() -> None:
     for name in args.models:
         flops = train_flops_per_image(name)
         rates = {"plain_eager_loop": plain_loop(name, data, args.images)}
-        for label, options in (("abnet", {}), ("abnet_amp", {"amp": True}), ("abnet_compile", {"compile": True})):
+        variants = (("abnet", {}), ("abnet_amp", {"precision": "auto"}), ("abnet_compile", {"compile": True}))
+        for label, options in variants:
             rates[label] = abnet_epoch(name, args.root, args.images, **options)
         row = {"model": name, "train_gflops_per_image": round(flops / 1e9, 3),
                **{f"{k}_images_per_s": round(v, 1) for k, v in rates.items()},

@@ -32,9 +32,15 @@ def test_guidance_log_and_config_name_the_targets(tmp_path):
     assert (config["map_targets"], config["map_fraction"], config["map_loss"]) == ("masks", 0.25, "energy")
 
 
-def test_rrr_trains_a_plain_model(tmp_path):
-    metrics = engine.train(tiny_config(tmp_path / "run", model="resnet20", map_targets="masks", map_loss="rrr",
-                                       map_weight=10.0), progress=False)
+def test_rrr_adds_its_penalty_to_a_plain_models_loss(tmp_path):
+    plain = engine.train(tiny_config(tmp_path / "plain", model="resnet20"), progress=False)
+    rrr = engine.train(tiny_config(tmp_path / "rrr", model="resnet20", map_targets="masks", map_loss="rrr",
+                                   map_weight=1e4), progress=False)
+    assert math.isfinite(rrr["train_loss"]) and rrr["train_loss"] > plain["train_loss"] + 1e-3
+
+
+def test_a_one_map_abn_on_attribute_data_is_guided_by_the_union_of_the_masks(tmp_path):
+    metrics = engine.train(tiny_config(tmp_path / "run", data="shapes-multi", map_targets="masks"), progress=False)
     assert math.isfinite(metrics["train_loss"])
 
 
@@ -67,6 +73,7 @@ SHAPES = ["--data", "shapes", "--image-size", "16"]
     ([*SHAPES, "--map-targets", "masks", "--map-loss", "rrr"], ("does not apply", "l2")),
     ([*SHAPES, "--map-targets", "/nonexistent/maps"], ("is not a folder", "masks")),
     ([*SHAPES, "--map-targets", "masks", "--map-fraction", "1.5"], ("map-fraction",)),
+    ([*SHAPES, "--map-weight", "3"], ("--map-weight sets up map guidance", "--map-targets")),
 ])
 def test_guidance_that_cannot_work_is_one_line_and_writes_nothing(tmp_path, capsys, flags, needles):
     formats.cifar10(tmp_path / "cifar")

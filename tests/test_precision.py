@@ -18,6 +18,7 @@ from abnet.data.registry import data_spec, make_loader
 from abnet.data.shapes import make_shapes
 from abnet.engine.config import TrainConfig
 from abnet.engine.evaluate import evaluate, model_loss
+from abnet.errors import AbnetError
 from abnet.models import ABNOutput
 
 CPU = torch.device("cpu")
@@ -40,6 +41,9 @@ def test_auto_on_a_gpu_follows_its_compute_capability(monkeypatch, capability, e
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert precision.resolve_precision("auto", torch.device("cuda")) == expected
     assert precision.resolve_precision("fp16", torch.device("cuda")) == "fp16"
+    if expected != "bf16":  # asked for explicitly on a GPU without bf16 units: refused in one line
+        with pytest.raises(AbnetError, match="has no bf16 units"):
+            precision.resolve_precision("bf16", torch.device("cuda"))
 
 
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
@@ -123,6 +127,13 @@ def test_label_smoothing_raises_the_loss_of_a_confident_right_answer():
     assert model_loss(out, target, label_smoothing=0.1).item() > 0.5
     assert model_loss(logits, target, label_smoothing=0.1).item() == pytest.approx(
         model_loss(out, target, label_smoothing=0.1).item() / 2)
+
+
+def test_label_smoothing_on_attribute_data_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", "--data", "shapes-multi", "--image-size", "16",
+                           "--limit-train", "32", "--label-smoothing", "0.1", "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "--label-smoothing applies to class labels")
+    assert not (tmp_path / "r").exists()
 
 
 def test_flip_evaluation_averages_an_image_and_its_mirror():

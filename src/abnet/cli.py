@@ -371,7 +371,7 @@ def _checkpoint_data(args: argparse.Namespace, meta: CheckpointMeta) -> tuple[An
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.images import dataset_inputs, image_files, read_images
     from .errors import AbnetError
-    from .explain.edits import data_edit_places, file_edit_places, map_attributes, read_edited_maps
+    from .explain.edits import data_edit_places, file_edit_places, map_attributes, read_edited_maps, require_abn
     from .explain.methods import METHODS, check_method
     from .explain.run import edit_info, run_explain
 
@@ -388,9 +388,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     boxes = Path(args.boxes) if args.boxes else None
     if boxes is not None and not boxes.is_dir():
         raise AbnetError(f"--boxes {boxes} is not a folder; give the folder of <image name>.xml box files")
-    if args.attention and not hasattr(model, "attention_branch"):
-        raise AbnetError("--attention feeds edited maps to an ABN's perception branch; this checkpoint is a plain "
-                         "classifier: use an ABN checkpoint (a *_abn model)")
+    if args.attention:
+        require_abn(model, "--attention (edited maps fed to the perception branch)")
     if args.data:
         data, split = _checkpoint_data(args, meta)
         inputs, source = dataset_inputs(data, split, boxes), f"{args.data}/{split}"
@@ -421,13 +420,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .data.images import image_files
     from .errors import AbnetError
-    from .explain.editor import dataset_items, file_items, require_abn, serve
-    from .explain.edits import map_attributes
+    from .explain.editor import dataset_items, file_items, serve
+    from .explain.edits import map_attributes, require_abn
 
     if bool(args.inputs) == bool(args.data):
         raise AbnetError("give image files/folders or --data NAME (one of the two) to edit")
     model, meta = _load_on_device(args)
-    require_abn(model, meta)
+    require_abn(model, "editing attention maps")
     tasks = map_attributes(model, meta.classes)
     if args.data:
         items = dataset_items(*_checkpoint_data(args, meta), tasks)

@@ -44,7 +44,12 @@ def target_file(root: Path, split: str, stem: str, class_name: str | None = None
     """Where the target map of one image lies: ``root/<split>/<class>/<stem>.png``; without a class (attribute
     data) ``root/<split>/<stem>.<attribute>.png``, one map per attribute."""
     folder = root / split / class_name if class_name is not None else root / split
-    return folder / (f"{stem}.{attribute}.png" if attribute is not None else f"{stem}.png")
+    return folder / target_name(stem, attribute)
+
+
+def target_name(stem: str, attribute: str | None = None) -> str:
+    """The file name of an image's target map: ``<stem>.png``, or ``<stem>.<attribute>.png`` (one per attribute)."""
+    return f"{stem}.{attribute}.png" if attribute is not None else f"{stem}.png"
 
 
 def sample_stems(data: ImageSet | FolderIndex) -> list[str]:
@@ -53,21 +58,23 @@ def sample_stems(data: ImageSet | FolderIndex) -> list[str]:
 
 
 def attach_targets(data: ImageSet | FolderIndex, source: str, split: str, options: DataOptions | None = None,
-                   fraction: float = 1.0, seed: int = 0) -> ImageSet | FolderIndex:
+                   fraction: float = 1.0, seed: int = 0, per_attribute: bool = True) -> ImageSet | FolderIndex:
     """``data`` with target maps from ``source`` (``masks``, ``boxes:DIR`` or a DIR of maps; see the module)
     for ``split``. ``fraction`` < 1 keeps targets for that share of the images that have one only, chosen by
     ``seed`` (the same images every run; a smaller share's images are among a larger one's). ``options.root``,
     where given, tells target maps of images that exist but were not loaded (a limited or carved split) from
-    maps with no image, which are named in one warning."""
+    maps with no image, which are named in one warning. ``per_attribute``: on attribute data, one target per
+    attribute (for a multi-task model, ``<stem>.<attribute>.png``); False gives one per image (``<stem>.png``,
+    or the union of the attributes' masks), for a model with one map."""
     if not 0 <= fraction <= 1:
         raise DataError(f"the share of guided images must lie between 0 and 1, got {fraction}")
     if source == "masks":
-        return _from_masks(data, fraction, seed)
+        return _from_masks(data, fraction, seed, per_attribute)
     if source.startswith("boxes:"):
         folder, files = _folder(source[len("boxes:"):], source), _box_files
     else:
         folder, files = _folder(source, source), _map_files
-    found = files(data, folder, split, options)
+    found = files(data, folder, split, options, per_attribute)
     guided = _keep_share(torch.tensor([any(f) for f in found], dtype=torch.bool), fraction, seed)
     found = [f if g else (None,) * len(f) for f, g in zip(found, guided.tolist())]
     if isinstance(data, FolderIndex):
@@ -85,13 +92,14 @@ def _folder(text: str, source: str) -> Path:
     return folder
 
 
-def _from_masks(data: ImageSet | FolderIndex, fraction: float, seed: int) -> ImageSet:
+def _from_masks(data: ImageSet | FolderIndex, fraction: float, seed: int, per_attribute: bool) -> ImageSet:
     if not isinstance(data, ImageSet) or data.masks is None:
         raise DataError("map targets 'masks' need a data set with object masks (shapes, shapes-multi, "
                         "shapes-shortcut); this one has none: give boxes:DIR or a folder of target maps instead")
     guided = _keep_share(torch.ones(len(data), dtype=torch.bool), fraction, seed)
-    view = (-1,) + (1,) * (data.masks.dim() - 1)
-    targets = (data.masks & guided.view(view)).to(torch.uint8) * 255
+    masks = data.masks if per_attribute or data.masks.dim() == 3 else data.masks.any(1)  # one map: the union
+    view = (-1,) + (1,) * (masks.dim() - 1)
+    targets = (masks & guided.view(view)).to(torch.uint8) * 255
     return dataclasses.replace(data, targets=targets, guided=guided)
 
 
@@ -105,15 +113,16 @@ def _keep_share(has: Tensor, fraction: float, seed: int) -> Tensor:
     return keep
 
 
-def _map_files(data: ImageSet | FolderIndex, folder: Path, split: str,
-               options: DataOptions | None) -> list[TargetFiles]:
+def _map_files(data: ImageSet | FolderIndex, folder: Path, split: str, options: DataOptions | None,
+               per_attribute: bool) -> list[TargetFiles]:
     """Each image's target map files under ``folder`` (None where there is none); warns about maps with no image."""
-    multi = data.labels.dim() == 2
+    attributes = data.labels.dim() == 2
+    multi = attributes and per_attribute
     stems = sample_stems(data)
     present = {p for p in (folder / split).rglob("*") if p.is_file() and not p.name.startswith(".")}
     expected = []
     for i, stem in enumerate(stems):
-        class_name = None if multi else data.classes[int(data.labels[i])]
+        class_name = None if attributes else data.classes[int(data.labels[i])]
         names = data.classes if multi else [None]
         expected.append(tuple(target_file(folder, split, stem, class_name, a) for a in names))
     found = [tuple(p if p in present else None for p in files) for files in expected]
@@ -143,8 +152,8 @@ def _image_beside(target: Path, split_folder: Path, options: DataOptions | None,
                for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper()))
 
 
-def _box_files(data: ImageSet | FolderIndex, folder: Path, split: str,
-               options: DataOptions | None) -> list[TargetFiles]:
+def _box_files(data: ImageSet | FolderIndex, folder: Path, split: str, options: DataOptions | None,
+               per_attribute: bool) -> list[TargetFiles]:
     """Each image's box file ``<stem>.xml`` anywhere under ``folder`` (None where there is none). Box files of
     other images are not reported: one box folder often serves several splits (ImageNet's)."""
     boxes = {p.stem: p for p in sorted(folder.rglob("*.xml"))}
@@ -167,9 +176,16 @@ def _check(path: Path) -> None:
         raise _not_an_image(path, err) from None
 
 
-def _not_an_image(path: Path, err: Exception) -> DataError:
-    return DataError(f"target map {path} is not a readable image ({type(err).__name__}); save it as an 8-bit grey "
+def _not_an_image(path: Path, err: Exception, role: str = "target map") -> DataError:
+    return DataError(f"{role} {path} is not a readable image ({type(err).__name__}); save it as an 8-bit grey "
                      "PNG (white = attend) or remove it")
+
+
+def guided_count(data: ImageSet | FolderIndex) -> int:
+    """How many images of ``data`` have a target map (streamed: any target file; in memory: ``guided``)."""
+    if isinstance(data, FolderIndex):
+        return sum(any(p is not None for p in files) for files in data.target_paths)
+    return int(data.guided.sum())
 
 
 def _read_in_memory(data: ImageSet, found: list[TargetFiles]) -> Tensor:
@@ -180,22 +196,27 @@ def _read_in_memory(data: ImageSet, found: list[TargetFiles]) -> Tensor:
         if not any(files):
             continue
         # A set decoded from files was resized from each file's own size; a generated one is at its size.
-        size = _image_size(data.paths[i]) if data.paths is not None else (w, h)
+        size = image_file_size(data.paths[i]) if data.paths is not None else (w, h)
         for k, path in enumerate(files):
             if path is not None:
-                try:
-                    img = read_target(path, *size)
-                except DataError:  # a malformed box file, named in the message
-                    raise
-                except (OSError, UnidentifiedImageError, ValueError) as err:
-                    raise _not_an_image(path, err) from None
-                if img.size != (w, h):
-                    img = resize_center(img, h)
-                targets[i, k] = torch.from_numpy(np.asarray(img).copy())
+                targets[i, k] = read_target_map(path, size, h)
     return targets.squeeze(1) if len(found[0]) == 1 else targets
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def read_target_map(path: Path, image_size: tuple[int, int], size: int, role: str = "target map") -> Tensor:
+    """One target map file fitted to its image of ``image_size`` (width, height) as training reads it
+    (:func:`~abnet.data.folder.read_target`), then resized and centre-cropped as the image is: uint8 (S, S).
+    An unreadable file is a one-line :class:`DataError` naming it as ``role`` (a malformed box file's own)."""
+    try:
+        img = read_target(path, *image_size)
+    except DataError:  # a malformed box file, named in the message
+        raise
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise _not_an_image(path, err, role) from None
+    return torch.from_numpy(np.asarray(resize_center(img, size)).copy())
+
+
+def image_file_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file, from its header."""
     with Image.open(path) as img:
         return img.size

@@ -102,6 +102,10 @@ class TrainConfig:
         if not 0 <= self.map_fraction <= 1 or self.map_weight < 0:
             raise AbnetError(f"map-fraction must lie in [0, 1] and map-weight be >= 0, got {self.map_fraction} "
                              f"and {self.map_weight}")
+        guidance = {"map_loss": "l2", "map_weight": 1.0, "map_fraction": 1.0}
+        changed = [k for k, default in guidance.items() if getattr(self, k) != default]
+        if self.map_targets is None and changed:
+            raise AbnetError(f"--{changed[0].replace('_', '-')} sets up map guidance; give --map-targets too")
         if self.map_targets is not None:
             info = model_info(self.model)
             if info.is_abn == (self.map_loss == "rrr"):

@@ -43,6 +43,10 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested not in PRECISIONS:
         raise AbnetError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if device.type == "cuda":
+        if requested == "bf16" and cuda_precision(device) != "bf16":
+            major, minor = torch.cuda.get_device_capability(device)
+            raise AbnetError(f"--precision bf16: this GPU (compute capability {major}.{minor}) has no bf16 units; "
+                             "use --precision fp16 or auto")
         return cuda_precision(device) if requested == "auto" else requested
     if requested == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"

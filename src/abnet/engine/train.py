@@ -25,10 +25,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.folder import FolderIndex
 from ..data.loader import Batch
 from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
-from ..data.targets import attach_targets
+from ..data.targets import attach_targets, guided_count
 from ..errors import AbnetError
 from ..fileio import write_text
 from ..models import balanced_pos_weight, create_model, model_info
@@ -308,11 +307,17 @@ def _prepare(
         if job.launched and cfg.map_loss == "rrr":
             raise AbnetError("--map-loss rrr runs a second forward pass, which DistributedDataParallel cannot "
                              "sync; train it in one process (without torchrun)")
-        train_set = attach_targets(train_set, cfg.map_targets, "train", options, cfg.map_fraction, cfg.seed)
+        if cfg.map_loss == "rrr" and cfg.precision == "fp16":
+            raise AbnetError("--map-loss rrr: input gradients underflow in fp16 (they are not loss-scaled); train it "
+                             "with --precision bf16 or fp32")
+        train_set = attach_targets(train_set, cfg.map_targets, "train", options, cfg.map_fraction, cfg.seed,
+                                   per_attribute=model_info(cfg.model).is_multitask)
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.limit_val, options)
     if model_info(cfg.model).is_multitask and not train_set.labels.is_floating_point():
         raise AbnetError(f"{cfg.model} learns binary attributes, but {cfg.data} has one class per image; use an "
                          "attribute data set (celeba, shapes-multi) or a single-task model (name_abn)")
+    if cfg.label_smoothing and train_set.labels.is_floating_point():
+        raise AbnetError(f"--label-smoothing applies to class labels, not to {cfg.data}'s 0/1 attributes")
     if cfg.pos_weight and not train_set.labels.is_floating_point():
         raise AbnetError(f"--pos-weight applies to attribute data (celeba, shapes-multi), not {cfg.data}")
     torch.manual_seed(cfg.seed)
@@ -345,7 +350,7 @@ def _prepare(
                  cfg.precision)
     if cfg.map_targets is not None:
         log.info("map guidance: %s targets for %d of %d training images, %s loss x %g", cfg.map_targets,
-                 _guided_count(train_set), len(train_set), cfg.map_loss, cfg.map_weight)
+                 guided_count(train_set), len(train_set), cfg.map_loss, cfg.map_weight)
     if job.is_main:
         trainer.last_metrics = _keep_metrics_before(run_dir / "metrics.jsonl", state.epoch)
     if state.epoch >= cfg.epochs:
@@ -428,13 +433,6 @@ class Compiled:
                         type(self.model).__name__, type(err).__name__, str(err).splitlines()[0][:200])
             self.compiled = None
             return self.model(x)
-
-
-def _guided_count(data: Any) -> int:
-    """Images of a training set that have a target map."""
-    if isinstance(data, FolderIndex):
-        return sum(any(p is not None for p in files) for files in data.target_paths)
-    return int(data.guided.sum())
 
 
 def _tensorboard(run_dir: Path):

@@ -34,11 +34,12 @@ from torch import Tensor, nn
 from ..data.images import Inputs, dataset_inputs, read_images
 from ..data.loader import normalize
 from ..engine.device import model_device
+from ..engine.guidance import area_resize
 from ..errors import AbnetError
 from ..fileio import atomic_write
 from ..models.abn import ABNOutput, probabilities
 from ..models.meta import CheckpointMeta
-from .edits import Place, data_edit_places, file_edit_places, readable_places
+from .edits import Place, data_edit_places, file_edit_places, readable_places, require_abn
 from .run import top_k_predictions, truth_and_correct
 
 log = logging.getLogger("abnet")
@@ -99,20 +100,13 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def require_abn(model: nn.Module, meta: CheckpointMeta) -> None:
-    """Refuse a plain classifier: it has no attention map to edit."""
-    if not hasattr(model, "attention_branch"):
-        raise AbnetError(f"editing needs an ABN model (its attention map is what you edit); {meta.model_name} is a "
-                         "plain classifier: give an ABN checkpoint (a *_abn model)")
-
-
 class Editor:
     """The model side of the editor: each image's prediction and maps, re-inference with edited maps, and
     saving them. Maps travel as uint8 (T, H, W) at the image's display size (the model's input size),
     255 = attend."""
 
     def __init__(self, model: nn.Module, meta: CheckpointMeta, items: EditItems, out: str | Path, top_k: int = 3):
-        require_abn(model, meta)
+        require_abn(model, "editing attention maps")
         if len(items) == 0:
             raise AbnetError("no image to edit could be read: "
                              + "; ".join(f"{f}: {r}" for f, r in items.inputs.failures[:3]))
@@ -173,6 +167,7 @@ class Editor:
                 "predictions": self._predictions(output, attention=True)}
 
     def image_png(self, i: int) -> bytes:
+        """Image i as the model sees it (its display size), as PNG bytes for the page."""
         return _png(self.items.inputs.images[i].permute(1, 2, 0).numpy())
 
     def own_maps(self, i: int) -> np.ndarray:
@@ -193,7 +188,7 @@ class Editor:
         map size."""
         h, w = self.own_output(i).attention.shape[2:]
         device = model_device(self.model)
-        edited = F.interpolate(torch.from_numpy(maps.copy()).float().div_(255).unsqueeze(0), size=(h, w), mode="area")
+        edited = area_resize(torch.from_numpy(maps.copy()).float().div_(255).unsqueeze(0), (h, w))
         with self._lock, torch.inference_mode():
             out = self.model(self._x(i), attention=edited.to(device))
         return self._predictions(ABNOutput(*(t.float().cpu() for t in out)), attention=False)
@@ -232,6 +227,7 @@ class EditorServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The page's address, with the token every request must carry."""
         return f"http://{HOST}:{self.server_port}/?token={self.token}"
 
 

@@ -6,7 +6,7 @@ The folder has the layout of training targets (:func:`abnet.data.targets.target_
 ``DIR/<split>/<class>/<stem>.png`` for a data set (``<stem>``: the image file's stem, or the image's index in
 the split for a generated set; no ``<class>/`` for attribute data), ``DIR/<stem>.png`` for image files; a
 multi-task model reads ``<stem>.<attribute>.png``. Maps are read as training reads them
-(:func:`abnet.data.folder.read_target`), then resized and cropped with their image.
+(:func:`abnet.data.targets.read_target_map`), fitted to their stored image, then resized and cropped with it.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from ..data.base import ImageSet
-from ..data.folder import FolderIndex, read_target, resize_center
+from ..data.folder import FolderIndex
 from ..data.images import Inputs
-from ..data.targets import sample_stems, target_file
+from ..data.targets import image_file_size, read_target_map, sample_stems, target_file, target_name
 from ..engine.device import model_device
 from ..engine.guidance import area_resize
-from ..errors import AbnetError, DataError
+from ..errors import AbnetError
 
 log = logging.getLogger("abnet")
 
@@ -59,7 +57,15 @@ def data_edit_places(root: Path, data: ImageSet | FolderIndex, split: str,
 
 def file_edit_places(root: Path, files: Sequence[Path], attributes: Sequence[str] | None = None) -> list[Place]:
     """Each image file's edited map(s): ``root/<stem>.png`` (multi-task: ``root/<stem>.<attribute>.png``)."""
-    return [([root / (f.stem + (f".{a}" if a else "") + ".png") for a in attributes or [None]], f) for f in files]
+    return [([root / target_name(f.stem, a) for a in attributes or [None]], f) for f in files]
+
+
+def require_abn(model: nn.Module, purpose: str) -> None:
+    """Refuse a plain classifier for ``purpose`` (what the user asked for, e.g. ``editing attention maps``),
+    which needs an ABN's attention map."""
+    if not hasattr(model, "attention_branch"):
+        raise AbnetError(f"{purpose} needs an ABN model; this checkpoint is a plain classifier without an attention "
+                         "map: give an ABN checkpoint (a *_abn model)")
 
 
 def map_attributes(model: nn.Module, classes: Sequence[str]) -> list[str] | None:
@@ -93,7 +99,8 @@ def read_edited_maps(root: Path, places: Sequence[Place], inputs: Inputs) -> Edi
     for i, (files, image) in enumerate(kept):
         for t, path in enumerate(files):
             if path.is_file():
-                maps[i, t] = _read_map(path, _image_size(image, size), size)
+                fit = image_file_size(image) if image is not None else (size, size)
+                maps[i, t] = read_target_map(path, fit, size, role="edited map")
                 found[i, t] = True
     edited = found.any(1)
     if kept and not edited.any():
@@ -103,24 +110,6 @@ def read_edited_maps(root: Path, places: Sequence[Place], inputs: Inputs) -> Edi
         log.warning("%d of %d images have no edited map in %s (%s%s); they are shown with their own map only",
                     len(names), len(kept), root, ", ".join(names[:3]), ", ..." if len(names) > 3 else "")
     return EditedMaps(maps, found)
-
-
-def _image_size(image: Path | None, size: int) -> tuple[int, int]:
-    """The stored image's (width, height), which its map is fitted to before the image's resize and crop."""
-    if image is None:
-        return size, size
-    with Image.open(image) as img:
-        return img.size
-
-
-def _read_map(path: Path, image_size: tuple[int, int], size: int) -> Tensor:
-    """One map file fitted to its image as training reads it, then resized and cropped as the image: uint8 (S, S)."""
-    try:
-        grey = read_target(path, *image_size)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise DataError(f"edited map {path} is not a readable image ({type(err).__name__}); save maps as 8-bit "
-                        "grayscale PNGs, white = attend") from None
-    return torch.from_numpy(np.asarray(resize_center(grey, size)).copy())
 
 
 def predict_with_edits(model: nn.Module, x: Tensor, edits: EditedMaps, batch_size: int = 128) -> tuple[Tensor, Tensor]:
