@@ -52,6 +52,15 @@ def variants() -> dict[str, tuple[dict, str | None]]:
         runs[f"finetune_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "epochs": FINE_TUNE_EPOCHS,
                                     "lr": 0.02, "warmup_epochs": 0.0}, "unguided")
     runs["guided_energy_5%"] = ({"map_targets": "masks", "map_fraction": 0.05, "map_loss": "energy"}, None)
+    # Round 2, after round 1 showed that weight 1 barely moves the map and that g*(1+M) reads the marker anyway:
+    # a 10x weight, and the perception branch reading g*M (what the map leaves out is gone).
+    for mask in ("multiply", "residual"):
+        for loss in ("l2", "energy"):
+            for share in (0.05, 1.0):
+                if mask == "residual" and (loss, share) != ("l2", 1.0):
+                    continue
+                runs[f"{mask}_{loss}_w10_{share:.0%}"] = ({"mask": mask, "map_targets": "masks", "map_loss": loss,
+                                                           "map_fraction": share, "map_weight": 10.0}, None)
     for share in RRR_SHARES:  # RRR's double backward costs about three ABN steps
         runs[f"rrr_{share:.0%}"] = ({"model": "resnet20", "map_targets": "masks", "map_loss": "rrr",
                                      "map_fraction": share, "map_weight": 100.0}, None)
