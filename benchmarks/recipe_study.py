@@ -37,12 +37,26 @@ RECIPES = {
                       "--weight-decay", "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip", "--precision",
                       "auto"],
 }
+B32 = RECIPES["cos_b32"]
+
+
+def variant(base: list[str], **flags: str) -> list[str]:
+    """``base`` with some flags' values replaced (``label_smoothing="0.2"`` replaces --label-smoothing's value)."""
+    out = list(base)
+    for name, value in flags.items():
+        out[out.index("--" + name.replace("_", "-")) + 1] = value
+    return out
+
+
+RECIPES.update({"cos_b32_lr01": variant(B32, lr="0.1"), "cos_b16": variant(B32, batch_size="16", lr="0.025"),
+                "cos_b32_ls02": variant(B32, label_smoothing="0.2"),
+                "cos_b32_wd1e3": variant(B32, weight_decay="1e-3")})
 FAST = ["--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--label-smoothing", "0.1", "--weight-decay",
         "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip"]
 RECIPES.update({"fast_fp32": [*FAST, "--precision", "fp32"], "fast_bf16": [*FAST, "--precision", "bf16"]})
 # Studies: (data, images (None: all 45,000), epochs, seeds, recipes).
 STUDIES = {
-    "explore": [("cifar10", 5000, 4, (0,), list(RECIPES))],
+    "explore": [("cifar10", 5000, 4, (0,), [r for r in RECIPES if r.startswith(("old", "cos"))])],
     "precision": [("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
     "short": [("cifar10", 5000, 4, (0, 1), list(RECIPES)), ("fashion-mnist", 6000, 2, (0, 1), list(RECIPES))],
 }
