@@ -61,6 +61,10 @@ def variants() -> dict[str, tuple[dict, str | None]]:
                     continue
                 runs[f"{mask}_{loss}_w10_{share:.0%}"] = ({"mask": mask, "map_targets": "masks", "map_loss": loss,
                                                            "map_fraction": share, "map_weight": 10.0}, None)
+    # Round 3: at 5 % only a few images per batch carry the map loss; weigh them 50x.
+    for mask in ("multiply", "residual"):
+        runs[f"{mask}_l2_w50_5%"] = ({"mask": mask, "map_targets": "masks", "map_fraction": 0.05,
+                                      "map_weight": 50.0}, None)
     for share in RRR_SHARES:  # RRR: double backward, about three ABN steps; weight 100 diverged (NaN) here
         runs[f"rrr_{share:.0%}"] = ({"model": "resnet20", "map_targets": "masks", "map_loss": "rrr",
                                      "map_fraction": share, "map_weight": 1.0}, None)
