@@ -44,14 +44,16 @@ def variants() -> dict[str, tuple[dict, str | None]]:
         "unguided": ({}, None),
         "plain_unguided": ({"model": "resnet20"}, None),
         "unguided_multiply": ({"mask": "multiply"}, None),
-        "guided_multiply_5%": ({"mask": "multiply", "map_targets": "masks", "map_fraction": 0.05}, None),
+        "guided_multiply_5%": ({"mask": "multiply", "map_targets": "masks", "map_fraction": 0.05, "map_weight": 1.0},
+                               None),
     }
     for share in SHARES:
         pct = f"{share:.0%}"
-        runs[f"guided_{pct}"] = ({"map_targets": "masks", "map_fraction": share}, None)
-        runs[f"finetune_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "epochs": FINE_TUNE_EPOCHS,
-                                    "lr": 0.02, "warmup_epochs": 0.0}, "unguided")
-    runs["guided_energy_5%"] = ({"map_targets": "masks", "map_fraction": 0.05, "map_loss": "energy"}, None)
+        runs[f"guided_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "map_weight": 1.0}, None)
+        runs[f"finetune_{pct}"] = ({"map_targets": "masks", "map_fraction": share, "map_weight": 1.0,
+                                    "epochs": FINE_TUNE_EPOCHS, "lr": 0.02, "warmup_epochs": 0.0}, "unguided")
+    runs["guided_energy_5%"] = ({"map_targets": "masks", "map_fraction": 0.05, "map_loss": "energy",
+                                 "map_weight": 1.0}, None)
     # Round 2, after round 1 showed that weight 1 barely moves the map and that g*(1+M) reads the marker anyway:
     # a 10x weight, and the perception branch reading g*M (what the map leaves out is gone).
     for mask in ("multiply", "residual"):

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-loss", choices=("l2", "energy", "bce", "rrr"),
                    help="map guidance loss: l2 (default), energy (map mass inside the target), bce; rrr: input "
                         "gradients outside the target, for plain models")
-    p.add_argument("--map-weight", type=non_negative_float, help="weight of the map loss (1)")
+    p.add_argument("--map-weight", type=non_negative_float, help="weight of the map loss (10)")
     p.add_argument("--map-fraction", type=non_negative_float,
                    help="share of the training images whose targets are used, 0-1, fixed by --seed (1)")
     p.add_argument("--pos-weight", choices=("balanced",),

@@ -52,7 +52,7 @@ class TrainConfig:
     shared_perception: bool = False  # multi-task (_abn_mt) models: one perception branch for all tasks
     map_targets: str | None = None  # guide the map: "masks", "boxes:DIR" or a DIR of target maps (see data/targets)
     map_loss: str = "l2"  # l2, energy or bce on an ABN's map; rrr (input gradients) for plain models
-    map_weight: float = 1.0  # the map loss's weight beside the two branches' losses
+    map_weight: float = 10.0  # the map loss's weight beside the two branches' losses (1 barely moved the map)
     map_fraction: float = 1.0  # share of the training images whose targets are used (fixed by the seed)
     pos_weight: str | None = None  # attribute data: "balanced" weighs each attribute's positives by neg/pos
     seed: int = 0
@@ -102,8 +102,8 @@ class TrainConfig:
         if not 0 <= self.map_fraction <= 1 or self.map_weight < 0:
             raise AbnetError(f"map-fraction must lie in [0, 1] and map-weight be >= 0, got {self.map_fraction} "
                              f"and {self.map_weight}")
-        guidance = {"map_loss": "l2", "map_weight": 1.0, "map_fraction": 1.0}
-        changed = [k for k, default in guidance.items() if getattr(self, k) != default]
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [k for k in ("map_loss", "map_weight", "map_fraction") if getattr(self, k) != defaults[k]]
         if self.map_targets is None and changed:
             raise AbnetError(f"--{changed[0].replace('_', '-')} sets up map guidance; give --map-targets too")
         if self.map_targets is not None:
