@@ -101,9 +101,12 @@ def main() -> None:
     p.add_argument("--only", nargs="+", help="only these runs (their fine-tuning bases run first)")
     p.add_argument("--runs", type=Path, default=Path("/work/runs/guidance"))
     p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
+    p.add_argument("--plot", type=Path, help="with --summary: also draw accuracy against the guided share here")
     args = p.parse_args()
     if args.summary:
         print(summary(args.summary))
+        if args.plot:
+            plot(args.summary, args.plot)
         return
     done = {(r["run"], r["seed"]) for r in map(json.loads, args.log.read_text().splitlines())} if (
         args.log and args.log.exists()) else set()
@@ -128,6 +131,37 @@ def main() -> None:
             if args.log:
                 with open(args.log, "a") as f:
                     f.write(json.dumps(row) + "\n")
+
+
+def plot(path: Path, out: Path) -> None:
+    """Test accuracy against the share of guided images: scratch (weight 1 and 10), fine-tuned, RRR, and the clean
+    and unguided references, mean over seeds with the seeds' range."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def accuracy(run: str) -> list[float]:
+        return [r["test_accuracy"] for r in rows if r["run"] == run]
+
+    series = {"g(1+M), l2, weight 1": "guided_{}", "g(1+M), l2, weight 1, fine-tuned": "finetune_{}",
+              "g*M, l2, weight 10": "multiply_l2_w10_{}", "g*M, energy, weight 10": "multiply_energy_w10_{}",
+              "plain + RRR, weight 1": "rrr_{}"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, pattern in series.items():
+        points = [(share, accuracy(pattern.format(f"{share:.0%}"))) for share in SHARES]
+        points = [(share * 100, values) for share, values in points if values]
+        ax.errorbar([x for x, _ in points], [statistics.mean(v) for _, v in points], marker="o", capsize=3,
+                    yerr=[[statistics.mean(v) - min(v) for _, v in points], [max(v) - statistics.mean(v)
+                                                                             for _, v in points]], label=label)
+    for run, style in (("clean", "--"), ("unguided", ":")):
+        ax.axhline(statistics.mean(accuracy(run)), color="grey", linestyle=style, label=f"{run} (no guidance)")
+    ax.set(xscale="log", xlabel="training images with a target map (%)", ylabel="test accuracy",
+           title="shapes-shortcut: guiding the map (2 seeds)", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def summary(path: Path) -> str:
