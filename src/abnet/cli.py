@@ -312,9 +312,14 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.config import TrainConfig
     from .engine.train import train
+    from .errors import AbnetError
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    metrics = train(TrainConfig.from_sources(given, args.config, args.resume), resume=args.resume, force=args.force)
+    cfg = TrainConfig.from_sources(given, args.config, args.resume)
+    guidance = [name for name in ("map_loss", "map_weight", "map_fraction") if name in given]
+    if guidance and cfg.map_targets is None:
+        raise AbnetError(f"--{guidance[0].replace('_', '-')} sets up map guidance; give --map-targets too")
+    metrics = train(cfg, resume=args.resume, force=args.force)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(json.dumps(metrics))
     return 0

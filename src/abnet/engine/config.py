@@ -102,10 +102,6 @@ class TrainConfig:
         if not 0 <= self.map_fraction <= 1 or self.map_weight < 0:
             raise AbnetError(f"map-fraction must lie in [0, 1] and map-weight be >= 0, got {self.map_fraction} "
                              f"and {self.map_weight}")
-        defaults = {f.name: f.default for f in fields(self)}
-        changed = [k for k in ("map_loss", "map_weight", "map_fraction") if getattr(self, k) != defaults[k]]
-        if self.map_targets is None and changed:
-            raise AbnetError(f"--{changed[0].replace('_', '-')} sets up map guidance; give --map-targets too")
         if self.map_targets is not None:
             info = model_info(self.model)
             if info.is_abn == (self.map_loss == "rrr"):
