@@ -82,3 +82,13 @@ def test_guidance_that_cannot_work_is_one_line_and_writes_nothing(tmp_path, caps
                            "--out", str(tmp_path / "run"))
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_saved_with_other_map_settings_but_no_targets_resumes(tmp_path, capsys):
+    """Map settings in a config.json without --map-targets (e.g. an older default weight) do not block --resume."""
+    engine.train(tiny_config(tmp_path / "run"), progress=False)
+    config = tmp_path / "run" / "config.json"
+    config.write_text(config.read_text().replace('"map_weight": 10.0', '"map_weight": 1.0'))
+    assert '"map_weight": 1.0' in config.read_text()
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2")
+    assert code == 0, err
