@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from abnet.data import make_shapes
-from abnet.data.loader import InMemoryLoader, cutout, random_crop_flip
+from abnet.data.loader import InMemoryLoader, cutout, draw_crop_flip
 from abnet.data.registry import load_dataset
 from abnet.errors import DataError
 
@@ -55,7 +55,7 @@ def test_masks_cover_the_objects(shapes):
 def test_crop_flip_matches_pad_and_slice():
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    out, _ = random_crop_flip(images, 2, gen)
+    out = draw_crop_flip(16, 8, 8, 2, gen)(images)
     # Replay the same draws and build each crop by hand.
     gen = torch.Generator().manual_seed(0)
     oy = torch.randint(0, 5, (16, 1), generator=gen).flatten()
@@ -71,7 +71,8 @@ def test_augmentation_keeps_masks_aligned(shapes):
     gen = torch.Generator().manual_seed(3)
     images = shapes.images.clone()
     images[:, 0] = shapes.masks.to(torch.uint8) * 255  # channel 0 draws the mask
-    out, masks = random_crop_flip(images, 4, gen, shapes.masks)
+    crop = draw_crop_flip(len(images), *images.shape[2:], 4, gen)
+    out, masks = crop(images), crop(shapes.masks)
     assert torch.equal(out[:, 0] == 255, masks)
     assert not torch.equal(masks, shapes.masks)  # it did move them
 

@@ -82,9 +82,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
     calls = {"n": 0}
     real = engine.model_loss
 
-    def loss_that_explodes(output, target, pos_weight=None):
+    def loss_that_explodes(*args):
         calls["n"] += 1
-        loss = real(output, target, pos_weight)
+        loss = real(*args)
         return loss * float("nan") if calls["n"] > 3 else loss
 
     monkeypatch.setattr(engine, "model_loss", loss_that_explodes)
@@ -155,11 +155,11 @@ def stop_at_call(monkeypatch, n):
     calls = {"n": 0}
     real = engine.model_loss
 
-    def loss_then_signal(output, target, pos_weight=None):
+    def loss_then_signal(*args):
         calls["n"] += 1
         if calls["n"] == n:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(output, target, pos_weight)
+        return real(*args)
 
     monkeypatch.setattr(engine, "model_loss", loss_then_signal)
 
@@ -169,13 +169,13 @@ def count_rendered_batches(monkeypatch):
     import abnet.data.loader as loader
 
     seen = {"n": 0}
-    real = loader.random_crop_flip
+    real = loader.draw_crop_flip
 
     def counted(*args, **kwargs):
         seen["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loader, "random_crop_flip", counted)
+    monkeypatch.setattr(loader, "draw_crop_flip", counted)
     return seen
 
 

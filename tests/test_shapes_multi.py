@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from abnet.data.base import ImageSet
-from abnet.data.loader import InMemoryLoader, random_crop_flip
+from abnet.data.loader import InMemoryLoader, draw_crop_flip
 from abnet.data.registry import SHAPES, DataOptions, data_spec, load_dataset, make_loader
 from abnet.data.shapes import _COLOUR_RGB, ATTRIBUTES, CLASSES, COLOURS, make_shapes_multi
 from abnet.engine.attributes import AttributeCounts, attribute_metrics, attribute_pointing_game
@@ -80,12 +80,12 @@ def test_image_set_checks_attribute_mask_shapes(multi):
 def test_crop_flip_moves_attribute_masks_with_images(multi):
     images, masks = multi.images[:64].clone(), multi.masks[:64]
     images[:, 0] = masks[:, 7].to(torch.uint8) * 255  # channel 0 draws the "green" mask
-    out, moved = random_crop_flip(images, 4, torch.Generator().manual_seed(3), masks)
+    crop = draw_crop_flip(len(images), *images.shape[2:], 4, torch.Generator().manual_seed(3))
+    out, moved = crop(images), crop(masks)
     assert moved.shape == masks.shape and torch.equal(out[:, 0] == 255, moved[:, 7])
     assert not torch.equal(moved, masks)
     for t in (0, 9):  # each attribute's mask moves as a single (N, H, W) mask would
-        _, single = random_crop_flip(images, 4, torch.Generator().manual_seed(3), masks[:, t])
-        assert torch.equal(single, moved[:, t])
+        assert torch.equal(crop(masks[:, t]), moved[:, t])
 
 
 def test_training_loader_batches_carry_aligned_attribute_masks(multi):

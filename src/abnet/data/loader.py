@@ -46,19 +46,6 @@ def draw_crop_flip(
     return lambda t: crop(t) if t.dim() == 4 else crop(t.unsqueeze(1)).squeeze(1)
 
 
-def random_crop_flip(
-    images: Tensor, padding: int, generator: torch.Generator, masks: Tensor | None = None, flip: bool = True
-) -> tuple[Tensor, Tensor | None]:
-    """Random ``padding``-pixel shifts (zero fill) and horizontal flips of a uint8 batch (N, C, H, W).
-
-    ``masks`` (N, H, W) or (N, T, H, W) (one per attribute), if given, get the same crop and flip, so they
-    stay aligned with the images (see :func:`draw_crop_flip`).
-    """
-    n, _, h, w = images.shape
-    crop = draw_crop_flip(n, h, w, padding, generator, flip)
-    return crop(images), None if masks is None else crop(masks)
-
-
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     """Cutout (DeVries & Taylor, 2017): zero one ``size`` x ``size`` square per image, at a random centre
     (the square may reach past the border). In place on a normalised batch, so zero is the mean colour."""
