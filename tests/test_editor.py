@@ -269,6 +269,7 @@ def driver(tmp_path, monkeypatch):
             pytest.fail(f"ABNET_REQUIRE_BROWSER=1 but {message}")
         pytest.skip(message)
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
+    monkeypatch.setenv("SE_AVOID_STATS", "true")  # nor send usage statistics
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
