@@ -301,15 +301,16 @@ def _prepare(
     if resume:
         saved = load_state(run_dir / STATE_FILE)  # a damaged state fails here, before anything is written
         check_resumable(cfg, CheckpointMeta.from_dict(saved["meta"], str(run_dir / STATE_FILE)), run_dir)
+    if cfg.map_targets is not None and cfg.map_loss == "rrr":  # refused before any data is read
+        if job.launched:
+            raise AbnetError("--map-loss rrr runs a second forward pass, which DistributedDataParallel cannot "
+                             "sync; train it in one process (without torchrun)")
+        if cfg.precision == "fp16":
+            raise AbnetError("--map-loss rrr: input gradients underflow in fp16 (they are not loss-scaled); train it "
+                             "with --precision bf16 or fp32")
     options = cfg.data_options()  # missing or malformed data fails here, before anything is written
     train_set = load_dataset(cfg.data, "train", cfg.limit_train, options, hold_out=cfg.val_split == "val")
     if cfg.map_targets is not None:
-        if job.launched and cfg.map_loss == "rrr":
-            raise AbnetError("--map-loss rrr runs a second forward pass, which DistributedDataParallel cannot "
-                             "sync; train it in one process (without torchrun)")
-        if cfg.map_loss == "rrr" and cfg.precision == "fp16":
-            raise AbnetError("--map-loss rrr: input gradients underflow in fp16 (they are not loss-scaled); train it "
-                             "with --precision bf16 or fp32")
         train_set = attach_targets(train_set, cfg.map_targets, "train", options, cfg.map_fraction, cfg.seed,
                                    per_attribute=model_info(cfg.model).is_multitask)
     val_set = load_dataset(cfg.data, cfg.val_split, cfg.limit_val, options)
