@@ -101,6 +101,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=sorted(STUDIES))
     p.add_argument("--recipes", nargs="+", help="only these recipes")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (e.g. one per parallel process)")
     p.add_argument("--model", default="resnet20_abn")
     p.add_argument("--log", type=Path, help="JSONL file the results are appended to")
     p.add_argument("--runs", type=Path, default=Path("/tmp/recipe_runs"), help="folder of the run folders")
@@ -115,7 +116,7 @@ def main() -> None:
                 for r in map(json.loads, args.log.read_text().splitlines())}
     for data, images, epochs, seeds, recipes in STUDIES[args.study]:
         for recipe in args.recipes or recipes:
-            for seed in seeds:
+            for seed in [s for s in seeds if not args.seeds or s in args.seeds]:
                 key = (recipe, args.model, data, images, epochs, seed)
                 if key in done:
                     continue

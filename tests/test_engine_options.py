@@ -1,4 +1,4 @@
-"""Training options: device, torch.compile fallback, step milestones (precision: test_precision.py)."""
+"""Training options: device, torch.compile fallback, step milestones, --eval-every (precision: test_precision.py)."""
 
 import json
 import logging
@@ -10,7 +10,9 @@ from conftest import TINY_ARGS, break_torch_compile, tiny_config
 
 import abnet.engine.train as engine
 from abnet.cli import main
+from abnet.engine.checkpoint import load_checkpoint
 from abnet.engine.config import TrainConfig
+from abnet.errors import AbnetError
 
 
 def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatch, caplog):
@@ -38,6 +40,27 @@ def test_milestones_and_gamma_from_the_command_line(tmp_path, capsys):
     assert config["milestones"] == [1.0] and config["gamma"] == 0.5
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs == [pytest.approx(0.2), pytest.approx(0.1)]
+
+
+def test_eval_every_evaluates_every_nth_and_the_last_epoch(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--epochs", "3", "--eval-every", "2", "--out",
+                 str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [("val_accuracy" in r) for r in lines] == [False, True, True]
+    assert all(r["train_loss"] > 0 and r["lr"] > 0 for r in lines)
+    assert "(not evaluated)" in (out / "train.log").read_text()
+    assert load_checkpoint(out / "best.safetensors")[1].epoch in (2, 3)  # the best weights: an evaluated epoch
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_eval_every_below_one_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY_ARGS, "--eval-every", "0", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2 and "--eval-every" in capsys.readouterr().err
+    with pytest.raises(AbnetError, match="eval-every must be >= 1"):  # from a --config file
+        tiny_config(tmp_path / "c", eval_every=0).validate()
+    assert not (tmp_path / "r").exists()
 
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))

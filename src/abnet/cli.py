@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 DATA_NAMES = "shapes, shapes-multi, shapes-shortcut, cifar10, cifar100, svhn, fashion-mnist, imagefolder, celeba"
-CHECKPOINT_HELP = ("a run folder, last.pt, best.safetensors, a save_pretrained or convert folder, or owner/name "
-                   "in the local Hugging Face cache")
+CHECKPOINT_HELP = ("a run folder, last.pt, best.safetensors, a save_pretrained or convert folder, owner/name "
+                   "in the local Hugging Face cache, or a pretrained name such as resnet20_abn:cifar10 (see "
+                   "`abnet pretrained`)")
 DEVICE_HELP = "auto (default: the GPU if there is one), cpu, cuda, cuda:N"
 
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or test, training on the whole training split (val)")
     p.add_argument("--eval-flip", action="store_const", const=True,
                    help="evaluate with flip test-time augmentation (logits averaged with the mirror image's)")
+    p.add_argument("--eval-every", type=positive_int, metavar="N",
+                   help="evaluate after every N-th epoch and after the last (1); fewer evaluations, faster runs")
     p.add_argument("--mask", choices=("residual", "multiply", "none"), help="what the perception branch reads "
                    "(ABN models): g*(1+M), g*M or g")
     p.add_argument("--pretrained", action="store_const", const=True,
@@ -273,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered models", description="List registered model names.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*abn*'")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("pretrained", help="list the pretrained weights shipped with abnet",
+                       description="List the weights shipped inside the abnet package: name (<model>:<data>, "
+                                   "accepted wherever a checkpoint is, and as abnet.create_model(MODEL, "
+                                   "pretrained=DATA)), data set, classes, held-out accuracy of the perception and "
+                                   "attention branches with the weights as stored, stored type and file size.")
+    p.add_argument("--json", action="store_true", help="print a JSON list of the index entries")
+    p.set_defaults(func=cmd_pretrained)
     return parser
 
 
@@ -491,6 +502,33 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
     return 0 if names else EXIT_USAGE
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    from .models.locate import pretrained_index
+
+    index = pretrained_index()
+    if args.json:
+        print(json.dumps([{"name": name, **entry.to_dict()} for name, entry in index.items()]))
+        return 0
+    if not index:
+        print(f"no pretrained weights are shipped with abnet {__version__} yet")
+        return 0
+    columns = ("name", "data", "classes", "held-out accuracy (perception / attention)", "dtype", "size")
+    rows = [(name, e.data, str(e.classes), f"{e.held_out_accuracy:.4f} / "
+             + ("-" if e.att_accuracy is None else f"{e.att_accuracy:.4f}"), e.dtype, _size(e.bytes))
+            for name, e in index.items()]
+    widths = [max(len(row[i]) for row in (columns, *rows)) for i in range(len(columns))]
+    for row in (columns, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    first = next(iter(index))
+    print(f"use: abnet eval {first} --data {index[first].data} --data-root DIR, or abnet.from_pretrained({first!r})")
+    return 0
+
+
+def _size(count: int) -> str:
+    """A byte count for people: 1.9 MB, 740 kB."""
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.0f} kB"
 
 
 def main(argv: list[str] | None = None) -> int:

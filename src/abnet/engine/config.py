@@ -62,6 +62,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the training set held out where the data set has no val split
     val_split: str = "val"  # evaluate each epoch on "val" or on "test" (then the whole training split trains)
     eval_flip: bool = False  # evaluation: average the logits of each image and its mirror image
+    eval_every: int = 1  # evaluate after every N-th epoch (and always after the last)
     coarse: bool = False  # cifar100: the 20 super-classes instead of the 100 classes
     workers: int = 2  # DataLoader workers for image folders of large images
     cutout: int = 0  # side of the Cutout square in pixels (0: off)
@@ -79,6 +80,8 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout"):
             if getattr(self, name) < 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.eval_every < 1:
+            raise AbnetError(f"eval-every must be >= 1, got {self.eval_every}")
         for name in ("limit_train", "limit_val", "image_size", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

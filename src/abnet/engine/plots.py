@@ -16,15 +16,18 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> None:
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
+    evaluated = [r for r in rows if "val_accuracy" in r]  # every epoch, unless --eval-every skipped some
+    at = [r["epoch"] for r in evaluated]
     fig = Figure(figsize=(11, 3.2), dpi=100)
     loss, acc, lr = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
     loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
-    acc.plot(epochs, [r["val_accuracy"] for r in rows], label="perception branch")
-    if rows[-1].get("val_att_accuracy") is not None:
-        acc.plot(epochs, [r["val_att_accuracy"] for r in rows], label="attention branch")
-    if rows[-1].get("val_pointing_game") is not None:
-        acc.plot(epochs, [r["val_pointing_game"] for r in rows], label="pointing game", linestyle="--")
+    loss.plot(at, [r["val_loss"] for r in evaluated], label="val", marker=".")
+    acc.plot(at, [r["val_accuracy"] for r in evaluated], label="perception branch", marker=".")
+    last = evaluated[-1] if evaluated else {}
+    if last.get("val_att_accuracy") is not None:
+        acc.plot(at, [r["val_att_accuracy"] for r in evaluated], label="attention branch", marker=".")
+    if last.get("val_pointing_game") is not None:
+        acc.plot(at, [r["val_pointing_game"] for r in evaluated], label="pointing game", linestyle="--")
     lr.plot(epochs, [r["lr"] for r in rows])
     for ax, title in ((loss, "loss"), (acc, "validation"), (lr, "learning rate (end of epoch)")):
         ax.set_title(title, fontsize=9)

@@ -1,5 +1,5 @@
 """The training loop, readable in one sitting: SGD, a per-step learning-rate schedule, both branches'
-loss, evaluation each epoch, and a run folder that a crash cannot corrupt.
+loss, evaluation each epoch (or each ``eval_every``-th), and a run folder that a crash cannot corrupt.
 
 Run folder: ``config.json`` (resolved settings), ``last.pt`` (resumable state, every epoch and on a stop
 signal), ``best.safetensors`` (best validation accuracy, balanced for attributes), ``metrics.jsonl`` (one
@@ -32,6 +32,7 @@ from ..errors import AbnetError
 from ..fileio import write_text
 from ..models import balanced_pos_weight, create_model, model_info
 from ..models.meta import CheckpointMeta
+from ..models.weights import ClassCountError
 from .checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, model_meta, save_state, save_weights
 from .config import TrainConfig
 from .device import resolve_device
@@ -243,15 +244,17 @@ class Trainer:
     def end_epoch(self, state: RunState) -> dict[str, Any]:
         """Evaluate the epoch just trained, keep the best weights, save the state, and log the epoch's line."""
         cfg, epoch, steps = self.cfg, state.epoch + 1, len(self.train_loader)
-        val = evaluate(self.model, self.val_loader, flip=cfg.eval_flip)
-        metrics = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1), "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "val_att_accuracy": val["att_accuracy"],
-                   **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val},
-                   "lr": cfg.lr_at(epoch * steps - 1, steps),
-                   "images_per_s": self.epoch_images / self.epoch_seconds if self.epoch_images else None,
-                   "seconds": self.epoch_seconds}
+        metrics = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1)}
+        val = None
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            val = evaluate(self.model, self.val_loader, flip=cfg.eval_flip)
+            metrics.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                            "val_att_accuracy": val["att_accuracy"],
+                            **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val}})
+        metrics.update({"lr": cfg.lr_at(epoch * steps - 1, steps), "seconds": self.epoch_seconds,
+                        "images_per_s": self.epoch_images / self.epoch_seconds if self.epoch_images else None})
         # Attributes: balanced accuracy, as plain accuracy rewards calling rare attributes absent.
-        score = val.get("mean_balanced_accuracy", val["accuracy"])
+        score = -math.inf if val is None else val.get("mean_balanced_accuracy", val["accuracy"])
         if score > state.best_accuracy:
             state.best_accuracy = score
             if self.job.is_main:
@@ -269,10 +272,14 @@ class Trainer:
                 if key != "epoch" and value is not None:
                     self.tensorboard.add_scalar(key, value, epoch)
             self.tensorboard.flush()
-        att = "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}"
         speed = "-" if metrics["images_per_s"] is None else f"{metrics['images_per_s']:.0f}"
-        log.info("epoch %d/%d  loss %.3f  val acc %.3f (attention %s)  lr %.4f  %s img/s  %.1fs", epoch,
-                 cfg.epochs, metrics["train_loss"], val["accuracy"], att, metrics["lr"], speed, self.epoch_seconds)
+        if val is None:
+            accuracy = "(not evaluated)"
+        else:
+            att = "-" if val["att_accuracy"] is None else f"{val['att_accuracy']:.3f}"
+            accuracy = f"val acc {val['accuracy']:.3f} (attention {att})"
+        log.info("epoch %d/%d  loss %.3f  %s  lr %.4f  %s img/s  %.1fs", epoch, cfg.epochs, metrics["train_loss"],
+                 accuracy, metrics["lr"], speed, self.epoch_seconds)
         self.last_metrics = metrics
         return metrics
 
@@ -389,7 +396,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
             raise AbnetError(f"--pretrained applies to tv:<name> and timm:<name> models, not {cfg.model}; "
                              "start other models from a file with --weights")
         kwargs.update(pretrained=True)
-    return create_model(cfg.model, weights=cfg.weights, **kwargs)
+    try:
+        return create_model(cfg.model, weights=cfg.weights, **kwargs)
+    except ClassCountError as err:
+        raise AbnetError(f"--weights {cfg.weights} holds a model for {err.held} classes, but {cfg.data} has "
+                         f"{err.asked}; start from weights trained on {cfg.data}, or without --weights") from None
 
 
 def check_run_dir(out: str | Path, resume: bool, force: bool = False) -> Path:

@@ -33,15 +33,16 @@ class PretrainedMixin:
     """Gives the models ``create_model`` makes a ``save_pretrained`` method."""
 
     def save_pretrained(self, path: str | os.PathLike[str], meta: CheckpointMeta | None = None, *,
-                        overwrite: bool = False, **fields: Any) -> Path:
+                        overwrite: bool = False, dtype: torch.dtype | None = None, **fields: Any) -> Path:
         """Write this model to folder ``path`` (new or empty unless ``overwrite``); returns the folder.
 
         The metadata is ``meta``, else what the model was loaded with (``load_checkpoint``,
         ``from_pretrained``), updated by ``fields`` (e.g. ``license="mit"``); a model built from scratch
-        needs ``classes``, ``mean``, ``std`` and ``image_size``.
+        needs ``classes``, ``mean``, ``std`` and ``image_size``. ``dtype=torch.float16`` stores the floating
+        weights in half the bytes; they load back into a float32 model.
         """
         return save_pretrained(self, path,  # type: ignore[arg-type]
-                               meta or getattr(self, "abnet_meta", None), overwrite=overwrite, **fields)
+                               meta or getattr(self, "abnet_meta", None), overwrite=overwrite, dtype=dtype, **fields)
 
 
 def describe(model: nn.Module, base: CheckpointMeta | None = None, **fields: Any) -> CheckpointMeta:
@@ -60,7 +61,7 @@ def describe(model: nn.Module, base: CheckpointMeta | None = None, **fields: Any
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike[str], meta: CheckpointMeta | None = None, *,
-                    overwrite: bool = False, **fields: Any) -> Path:
+                    overwrite: bool = False, dtype: torch.dtype | None = None, **fields: Any) -> Path:
     """Write ``model`` as a ``save_pretrained`` folder; see :meth:`PretrainedMixin.save_pretrained`."""
     meta = describe(model, meta, **fields)
     folder = check_target(path, overwrite)
@@ -69,7 +70,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).unlink(missing_ok=True)  # written last: until then the folder reads as not completed
     try:
-        write_safetensors(folder / MODEL_FILE, model, {"format": "pt"})
+        write_safetensors(folder / MODEL_FILE, model, {"format": "pt"}, dtype)
         write_text(folder / CARD_FILE, card)
         write_text(folder / CONFIG_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
     except BaseException:

@@ -8,10 +8,14 @@ network: a model missing from the cache is an error that says where abnet looked
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import CheckpointError
 
@@ -22,9 +26,11 @@ MODEL_FILE = "model.safetensors"  # ... and its weights
 ACCEPTED = ("a run folder, last.pt, best.safetensors, a save_pretrained or convert folder, owner/name from the "
             "local Hugging Face cache, or a pretrained name")
 
-# Weights shipped in the package, by "<model>:<data>" (filled by a later issue; see pretrained_folder).
-PRETRAINED: dict[str, str] = {}
-_PRETRAINED_NAME = re.compile(r"[\w.+-]+:[\w.+-]+")
+# Weights shipped in the package: PRETRAINED_ROOT/index.json names each "<model>:<data>" and its folder there.
+PRETRAINED_ROOT = Path(__file__).resolve().parent.parent / "pretrained"  # tests point it at a folder of their own
+INDEX_FILE = "index.json"
+REINSTALL = "reinstall abnet (pip install --force-reinstall abnet)"
+PRETRAINED_NAME = re.compile(r"[\w.+-]+:[\w.+-]+")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -45,18 +51,89 @@ def locate_checkpoint(source: str | os.PathLike[str]) -> CheckpointFiles:
         config = path.parent / CONFIG_FILE
         return CheckpointFiles(path, config if path.name == MODEL_FILE and config.is_file() else None)
     text = str(source)
-    if _PRETRAINED_NAME.fullmatch(text):
+    if PRETRAINED_NAME.fullmatch(text):
         return _folder_files(pretrained_folder(text))
     if _REPO_ID.fullmatch(text):
         return _folder_files(hf_snapshot(text, f"{text} is not a file or folder, and"))
     raise CheckpointError(f"checkpoint {text} does not exist; pass {ACCEPTED}")
 
 
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One entry of the shipped index: where the weights are, their checksum, and what they were measured at."""
+
+    folder: str  # a save_pretrained folder beside index.json, "<model>-<data>"
+    sha256: str  # of the folder's model.safetensors
+    data: str
+    classes: int
+    held_out_accuracy: float  # perception branch, on the held-out split, with the weights as stored
+    att_accuracy: float | None  # attention branch; None for a plain model
+    dtype: str  # how the floating tensors are stored: "float16" or "float32"
+    bytes: int  # size of model.safetensors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def pretrained_index(root: Path | None = None) -> dict[str, PretrainedEntry]:
+    """The weights shipped in the package, by name (``resnet20_abn:cifar10``), as ``index.json`` in ``root``
+    (default :data:`PRETRAINED_ROOT`) lists them; read once per version of the file."""
+    path = (PRETRAINED_ROOT if root is None else root) / INDEX_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        raise CheckpointError(f"abnet's index of pretrained weights {path} is missing; {REINSTALL}") from None
+    return _read_index(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read_index(path: Path, mtime_ns: int, size: int) -> dict[str, PretrainedEntry]:
+    """index.json checked entry by entry (``mtime_ns`` and ``size`` only key the cache)."""
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"abnet's index of pretrained weights {path} is damaged ({why}); {REINSTALL}")
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged(f"not readable JSON: {type(err).__name__}") from None
+    if not isinstance(raw, dict):
+        raise damaged("not a JSON object")
+    types = {"folder": str, "sha256": str, "data": str, "classes": int, "held_out_accuracy": (int, float),
+             "att_accuracy": (int, float, type(None)), "dtype": str, "bytes": int}
+    index = {}
+    for name, entry in raw.items():
+        if not PRETRAINED_NAME.fullmatch(name) or not isinstance(entry, dict):
+            raise damaged(f"entry {name!r} is not a <model>:<data> name with an object")
+        bad = [key for key, kind in types.items() if not isinstance(entry.get(key, ...), kind)
+               or isinstance(entry.get(key), bool)]
+        if bad or Path(entry["folder"]).name != entry["folder"] or entry["folder"] in ("", ".", ".."):
+            raise damaged(f"entry {name!r} has no valid {', '.join(bad) or 'folder'}")
+        index[name] = PretrainedEntry(**{key: entry[key] for key in types})
+    return index
+
+
 def pretrained_folder(name: str) -> Path:
-    """The folder of the weights shipped as ``name`` (e.g. ``resnet20_abn:cifar10``)."""
-    if name not in PRETRAINED:
-        raise CheckpointError(f"no pretrained weights named {name!r}; known: {', '.join(PRETRAINED) or '(none yet)'}")
-    return Path(__file__).resolve().parent.parent / PRETRAINED[name]
+    """The folder of the weights shipped as ``name`` (e.g. ``resnet20_abn:cifar10``), once its model.safetensors
+    is checked against the sha256 the index records (a one-line :class:`CheckpointError` if it is not)."""
+    index = pretrained_index()
+    if name not in index:
+        known = ", ".join(index) if index else "(none yet); `abnet pretrained` lists the shipped weights"
+        raise CheckpointError(f"no pretrained weights named {name!r}; known: {known}")
+    folder = PRETRAINED_ROOT / index[name].folder
+    weights = folder / MODEL_FILE
+    if not weights.is_file() or file_sha256(weights) != index[name].sha256:
+        why = f"its sha256 is not the one {INDEX_FILE} records" if weights.is_file() else "the file is missing"
+        raise CheckpointError(f"{weights}, the weights of pretrained {name}, is damaged ({why}); {REINSTALL}")
+    return folder
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def hf_hub_cache() -> Path:

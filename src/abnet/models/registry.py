@@ -14,12 +14,14 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
+from .locate import pretrained_folder, pretrained_index
 from .multitask import MultiTaskABN
 from .weights import build_with_weights
 
@@ -113,12 +115,28 @@ def create_model(name: str, weights: str | os.PathLike[str] | None = None, **kwa
     ``tv:`` / ``timm:``); see :mod:`abnet.models.weights`. An abnet file also gives the arguments left out
     (mask, map_kernel, num_classes, family settings) and refuses those that differ from it. The name and the
     arguments are kept on the model as ``abnet_config`` so a checkpoint can rebuild it (without reading
-    ``weights`` again).
+    ``weights`` again). ``pretrained="cifar10"`` (a data set's name) loads the weights shipped in the package
+    as ``name:cifar10`` (``abnet pretrained`` lists them); ``pretrained=True`` is a ``tv:`` / ``timm:`` model's
+    own library weights.
     """
     builder = model_info(name).builder
+    if isinstance(kwargs.get("pretrained"), str):
+        if weights is not None:
+            raise AbnetError("give weights= or pretrained=<data set>, not both")
+        weights = _shipped(f"{name}:{kwargs.pop('pretrained')}", kwargs.get("num_classes"))
     if weights is None:
         model = builder(**kwargs)
     else:
         model, kwargs = build_with_weights(builder, name, weights, **kwargs)
     model.abnet_config = {"model": name, **kwargs}
     return model
+
+
+def _shipped(name: str, num_classes: int | None) -> Path:
+    """The checked folder of pretrained ``name``, refusing a ``num_classes`` other than the one it was trained for."""
+    folder = pretrained_folder(name)  # unknown names and damaged files are refused here
+    classes = pretrained_index()[name].classes
+    if num_classes is not None and num_classes != classes:
+        raise AbnetError(f"pretrained {name} classifies {classes} classes, not num_classes={num_classes}; leave "
+                         f"num_classes out, or train a model for {num_classes} classes (abnet train)")
+    return folder

@@ -94,9 +94,18 @@ def _recorded_arguments(build: Callable[..., nn.Module], meta: CheckpointMeta, g
     for key, value in given.items():
         held = recorded.get(key, defaults.get(key, value))
         if key not in INITIAL_WEIGHTS and _stored(value) != _stored(held):
-            raise CheckpointError(f"{path} holds {meta.model_name} built with {key}={held!r}, not {key}={value!r}; "
-                                  f"leave {key} out to build it as the file says, or pass a file built that way")
+            message = (f"{path} holds {meta.model_name} built with {key}={held!r}, not {key}={value!r}; leave "
+                       f"{key} out to build it as the file says, or pass a file built that way")
+            raise ClassCountError(message, held, value) if key == "num_classes" else CheckpointError(message)
     return {**recorded, **given}
+
+
+class ClassCountError(CheckpointError):
+    """Weights for ``held`` classes where ``asked`` were asked for (callers such as ``abnet train`` rephrase it)."""
+
+    def __init__(self, message: str, held: int, asked: int) -> None:
+        super().__init__(message)
+        self.held, self.asked = held, asked
 
 
 def _stored(value: Any) -> Any:
@@ -113,12 +122,18 @@ def _defaults(build: Callable[..., nn.Module]) -> dict[str, Any]:
     return {**own, **getattr(build, "family_defaults", {})}
 
 
-def write_safetensors(path: str | Path, model: nn.Module, metadata: dict[str, str]) -> None:
+def write_safetensors(path: str | Path, model: nn.Module, metadata: dict[str, str],
+                      dtype: torch.dtype | None = None) -> None:
     """Atomically write ``model``'s weights (detached, contiguous, on the CPU) as safetensors with ``metadata``
-    (strings) in the header."""
+    (strings) in the header; ``dtype`` (e.g. float16, half the bytes) stores the floating tensors in that type,
+    batch-norm statistics included, and leaves integer ones (``num_batches_tracked``) as they are."""
     from safetensors.torch import save_file
 
-    tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    def stored(value: Tensor) -> Tensor:
+        value = value.detach().cpu()
+        return (value.to(dtype) if dtype is not None and value.is_floating_point() else value).contiguous()
+
+    tensors = {key: stored(value) for key, value in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
