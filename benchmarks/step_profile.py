@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+from train_e2e import gemm_flops  # the same yardstick as train_e2e.py's shares
 
 import abnet
 from abnet.engine.evaluate import model_loss
@@ -46,12 +47,6 @@ def timed_rate(fn: Callable[[], None], work: float, seconds: float = 3.0, rounds
             fn()
         rates.append(work * calls / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-def gemm_rate(dtype: torch.dtype, n: int = 2048) -> float:
-    """FLOP/s of an n x n matmul in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return timed_rate(lambda: torch.mm(a, b), 2 * n**3)
 
 
 def make_step(name: str, precision: str, batch: int, compile_model: bool) -> tuple[Callable[[], None], float]:
@@ -99,7 +94,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timing per measurement")
     p.add_argument("--compile", action="store_true", help="also time each step under torch.compile")
     args = p.parse_args()
-    rates = {prec: gemm_rate(torch.bfloat16 if prec == "bf16" else torch.float32) for prec in args.precisions}
+    rates = {prec: gemm_flops(dtype=DTYPES[prec] or torch.float32) for prec in args.precisions}
     print(json.dumps({"gemm_gflops": {k: round(v / 1e9, 1) for k, v in rates.items()}, "n": 2048,
                       "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "machine": platform.machine()}), flush=True)

@@ -29,8 +29,9 @@ from abnet.engine.evaluate import model_loss
 from abnet.engine.train import train
 
 
-def gemm_flops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_flops(n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` (the yardstick of the GEMM shares here and in step_profile.py)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic: auto = bf16 autocast on CPUs with bf16 instructions (AVX-512 BF16, AMX), "
-                        "bf16 or fp16 + loss scaling on GPUs by capability, fp32 elsewhere (fp32)")
+                        "bf16 or fp16 + loss scaling on GPUs by capability, fp32 elsewhere (auto)")
     p.add_argument("--amp", dest="precision", action="store_const", const="auto", help="= --precision auto")
     p.add_argument("--compile", action="store_const", const=True,
                    help="torch.compile the model (falls back to eager with a message)")

@@ -43,7 +43,7 @@ class TrainConfig:
     pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
     weights: str | None = None  # start from these weights: an abnet checkpoint or run, a research-code or tv/timm file
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    precision: str = "fp32"  # "auto" (by the hardware), "fp32", "bf16" or "fp16" (CUDA); config.json keeps the one used
+    precision: str = "auto"  # "auto" (by the hardware), "fp32", "bf16" or "fp16" (CUDA); config.json keeps the one used
     compile: bool = False  # torch.compile the model (eager with a message if it cannot compile)
     sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch
     source: str | None = None  # where a recipe's settings come from (paper, code); kept in config.json
