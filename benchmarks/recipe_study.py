@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 DATA = {"cifar10": "/work/data/cifar", "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 # The recipes compared, as `abnet train` flags on top of its defaults.
@@ -54,14 +55,29 @@ RECIPES.update({"cos_b32_lr01": variant(B32, lr="0.1"), "cos_b16": variant(B32, 
 FAST = ["--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--label-smoothing", "0.1", "--weight-decay",
         "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip"]
 RECIPES.update({"fast_fp32": [*FAST, "--precision", "fp32"], "fast_bf16": [*FAST, "--precision", "bf16"]})
-# Studies: (data, images (None: all 45,000), epochs, seeds, recipes).
-STUDIES = {
-    "explore": [("cifar10", 5000, 4, (0,), [r for r in RECIPES if r.startswith(("old", "cos"))])],
-    "precision": [("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
-    "short": [("cifar10", 5000, 4, (0, 1), ["old", "cos_b32_ls02"]),
-              ("fashion-mnist", 6000, 2, (0, 1), ["old", "cos_b32_ls02"])],
-}
+# The paper's Table 1 (what the perception branch reads) on the same 15-epoch recipe; plain resnet20 runs fast_bf16.
+RECIPES.update({f"fast_bf16_{mask}": [*RECIPES["fast_bf16"], "--mask", mask] for mask in ("multiply", "none")})
 
+
+class Study(NamedTuple):
+    """Runs of every recipe x seed x model on ``images`` (None: all 45,000) of ``data`` for ``epochs``."""
+    data: str
+    images: int | None
+    epochs: int
+    seeds: tuple[int, ...]
+    recipes: list[str]
+    models: tuple[str, ...] = ("resnet20_abn",)
+
+
+STUDIES = {
+    "explore": [Study("cifar10", 5000, 4, (0,), [r for r in RECIPES if r.startswith(("old", "cos"))])],
+    "precision": [Study("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
+    "short": [Study("cifar10", 5000, 4, (0, 1), ["old", "cos_b32_ls02"]),
+              Study("fashion-mnist", 6000, 2, (0, 1), ["old", "cos_b32_ls02"])],
+    # Seeds 0 and 1 of resnet20_abn's fast_bf16 (mask residual) are the precision study's runs.
+    "table1": [Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16", "fast_bf16_multiply", "fast_bf16_none"]),
+               Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16"], ("resnet20",))],
+}
 
 def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path) -> dict:
     """Train one run as its own process and return its result line."""
@@ -100,9 +116,9 @@ def summary(path: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=sorted(STUDIES))
-    p.add_argument("--recipes", nargs="+", help="only these recipes")
+    p.add_argument("--recipes", nargs="+", help="only these recipes (default: the study's)")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (e.g. one per parallel process)")
-    p.add_argument("--model", default="resnet20_abn")
+    p.add_argument("--model", help="only this model (default: the study's models)")
     p.add_argument("--log", type=Path, help="JSONL file the results are appended to")
     p.add_argument("--runs", type=Path, default=Path("/tmp/recipe_runs"), help="folder of the run folders")
     p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
@@ -114,19 +130,19 @@ def main() -> None:
     if args.log and args.log.exists():
         done = {(r["recipe"], r["model"], r["data"], r["images"], r["epochs"], r["seed"])
                 for r in map(json.loads, args.log.read_text().splitlines())}
-    for data, images, epochs, seeds, recipes in STUDIES[args.study]:
-        for recipe in args.recipes or recipes:
-            for seed in [s for s in seeds if not args.seeds or s in args.seeds]:
-                key = (recipe, args.model, data, images, epochs, seed)
-                if key in done:
-                    continue
-                out = args.runs / f"{data}_{images}x{epochs}_{args.model}_{recipe}_s{seed}"
-                result = run(recipe, data, images, epochs, seed, args.model, out)
-                print(json.dumps(result), flush=True)
-                if args.log:
-                    with open(args.log, "a") as f:
-                        f.write(json.dumps(result) + "\n")
-
+    for study in STUDIES[args.study]:
+        for model in [args.model] if args.model else study.models:
+            for recipe in args.recipes or study.recipes:
+                for seed in [s for s in study.seeds if not args.seeds or s in args.seeds]:
+                    key = (recipe, model, study.data, study.images, study.epochs, seed)
+                    if key in done:
+                        continue
+                    out = args.runs / f"{study.data}_{study.images}x{study.epochs}_{model}_{recipe}_s{seed}"
+                    result = run(recipe, study.data, study.images, study.epochs, seed, model, out)
+                    print(json.dumps(result), flush=True)
+                    if args.log:
+                        with open(args.log, "a") as f:
+                            f.write(json.dumps(result) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -14,16 +14,15 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import AbnetError
 from .abn import ABN, BackboneSplit, Classifier
-from .locate import pretrained_folder, pretrained_index
+from .locate import pretrained_folder
 from .multitask import MultiTaskABN
-from .weights import build_with_weights
+from .weights import ClassCountError, build_with_weights
 
 SplitFn = Callable[..., BackboneSplit]
 
@@ -120,23 +119,21 @@ def create_model(name: str, weights: str | os.PathLike[str] | None = None, **kwa
     own library weights.
     """
     builder = model_info(name).builder
-    if isinstance(kwargs.get("pretrained"), str):
+    shipped = f"{name}:{kwargs.pop('pretrained')}" if isinstance(kwargs.get("pretrained"), str) else None
+    if shipped is not None:
         if weights is not None:
             raise AbnetError("give weights= or pretrained=<data set>, not both")
-        weights = _shipped(f"{name}:{kwargs.pop('pretrained')}", kwargs.get("num_classes"))
+        weights = pretrained_folder(shipped)  # unknown names and damaged files are refused here
     if weights is None:
         model = builder(**kwargs)
     else:
-        model, kwargs = build_with_weights(builder, name, weights, **kwargs)
+        try:
+            model, kwargs = build_with_weights(builder, name, weights, **kwargs)
+        except ClassCountError as err:
+            if shipped is None:
+                raise
+            raise AbnetError(f"pretrained {shipped} classifies {err.held} classes, not num_classes={err.asked}; "
+                             f"leave num_classes out, or train a model for {err.asked} classes (abnet train)") from None
     model.abnet_config = {"model": name, **kwargs}
     return model
 
-
-def _shipped(name: str, num_classes: int | None) -> Path:
-    """The checked folder of pretrained ``name``, refusing a ``num_classes`` other than the one it was trained for."""
-    folder = pretrained_folder(name)  # unknown names and damaged files are refused here
-    classes = pretrained_index()[name].classes
-    if num_classes is not None and num_classes != classes:
-        raise AbnetError(f"pretrained {name} classifies {classes} classes, not num_classes={num_classes}; leave "
-                         f"num_classes out, or train a model for {num_classes} classes (abnet train)")
-    return folder
