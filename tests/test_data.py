@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from abnet.data import make_shapes
+from abnet.data.folder import FolderIndex
 from abnet.data.loader import InMemoryLoader, cutout, draw_crop_flip
-from abnet.data.registry import load_dataset
+from abnet.data.registry import data_spec, load_dataset, make_loader
 from abnet.errors import DataError
 
 
@@ -124,3 +125,20 @@ def test_loader_applies_cutout_only_when_training(shapes):
     assert ((next(iter(train.epoch())).images == 0).all(1).flatten(1).sum(1) > 0).all()
     torch.testing.assert_close(next(iter(evaluation.epoch())).images, InMemoryLoader(
         shapes, 32, (0.5,) * 3, (0.25,) * 3).epoch().__next__().images)
+
+
+def test_make_loader_crop_padding_replaces_the_data_sets_shift(shapes):
+    spec = data_spec("shapes")
+
+    def first_batch(padding):
+        return next(iter(make_loader(shapes, spec, 64, train=True, padding=padding).epoch())).images
+
+    unshifted = InMemoryLoader(shapes, 64, spec.mean, spec.std, train=True, padding=0, flip=spec.flip)
+    torch.testing.assert_close(first_batch(0), next(iter(unshifted.epoch())).images)
+    assert spec.padding > 0 and not torch.equal(first_batch(None), first_batch(0))  # None: the data set's own
+
+
+def test_crop_padding_for_image_files_is_a_clear_error(tmp_path):
+    index = FolderIndex([tmp_path / "a.png"], torch.zeros(1, dtype=torch.long), ["0"], 16)
+    with pytest.raises(DataError, match="--crop-padding applies to data sets held in memory"):
+        make_loader(index, data_spec("imagefolder"), 8, train=True, padding=2)

@@ -94,3 +94,12 @@ def test_a_recipe_runs_with_flag_overrides(tmp_path, capsys):
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["milestones"] == [150, 225] and saved["epochs"] == 1 and saved["source"].startswith("ABN")
+
+
+def test_crop_padding_is_recorded_and_negative_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--crop-padding", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["crop_padding"] == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY_ARGS, "--crop-padding", "-1", "--out", str(tmp_path / "n")])
+    assert exit_info.value.code == 2 and "--crop-padding" in capsys.readouterr().err

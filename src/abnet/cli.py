@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse", action="store_const", const=True, help="cifar100: the 20 coarse classes")
     p.add_argument("--workers", type=non_negative_int, help="DataLoader workers for large images (2)")
     p.add_argument("--cutout", type=non_negative_int, help="Cutout square side in pixels, 0 = off (0)")
+    p.add_argument("--crop-padding", type=non_negative_int,
+                   help="in-memory data sets: random crops shift images by up to N pixels, 0 = no crops (default: "
+                        "the data set's, 4 for CIFAR and SVHN, 2 for Fashion-MNIST); short runs learn faster "
+                        "without them (results/recipe_study.md)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic: auto = bf16 autocast on CPUs with bf16 instructions (AVX-512 BF16, AMX), "

@@ -192,13 +192,19 @@ def _held_out(n: int, fraction: float) -> torch.Tensor:
 def make_loader(
     data: ImageSet | FolderIndex, spec: DataSpec, batch_size: int, train: bool = False, seed: int = 0,
     channels_last: bool = False, workers: int = 2, cutout_size: int = 0, rank: int = 0, world: int = 1,
+    padding: int | None = None,
 ) -> InMemoryLoader | FolderLoader:
     """Batches of a loaded split: the in-memory fast path for an ImageSet, worker streaming for files.
-    ``cutout_size`` > 0 adds Cutout to training batches; ``rank``/``world`` give this process its share
-    of each global batch in multi-process training."""
+    ``cutout_size`` > 0 adds Cutout to training batches; ``padding`` replaces the data set's random-crop shift
+    (in-memory sets only); ``rank``/``world`` give this process its share of each global batch in multi-process
+    training."""
     if isinstance(data, ImageSet):
-        return InMemoryLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed, padding=spec.padding,
+        padding = spec.padding if padding is None else padding
+        return InMemoryLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed, padding=padding,
                               flip=spec.flip, cutout_size=cutout_size, channels_last=channels_last,
                               rank=rank, world=world)
+    if padding is not None:
+        raise DataError("--crop-padding applies to data sets held in memory; image files are augmented with random "
+                        "resized crops instead: leave --crop-padding out")
     return FolderLoader(data, batch_size, spec.mean, spec.std, train=train, seed=seed, workers=workers,
                         cutout_size=cutout_size, channels_last=channels_last, rank=rank, world=world)

@@ -66,6 +66,7 @@ class TrainConfig:
     coarse: bool = False  # cifar100: the 20 super-classes instead of the 100 classes
     workers: int = 2  # DataLoader workers for image folders of large images
     cutout: int = 0  # side of the Cutout square in pixels (0: off)
+    crop_padding: int | None = None  # in-memory sets: random-crop shift in pixels (None: the data set's; 0: no crops)
     channels_last: bool = True  # faster convolutions on this CPU (benchmarks/train_step.py)
     deterministic: bool = False  # GPUs: deterministic cuDNN/cuBLAS kernels, so a seed gives the same numbers
     log_every: int | None = None  # steps between reading the loss back (and checking for a stop): 1 on CPUs, 50 on GPUs
@@ -80,6 +81,8 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout"):
             if getattr(self, name) < 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise AbnetError(f"crop-padding must be >= 0, got {self.crop_padding}")
         if self.eval_every < 1:
             raise AbnetError(f"eval-every must be >= 1, got {self.eval_every}")
         for name in ("limit_train", "limit_val", "image_size", "log_every"):

@@ -137,7 +137,8 @@ class Trainer:
         self.pos_weight = balanced_pos_weight(train_set.labels).to(device) if cfg.pos_weight == "balanced" else None
         self.train_loader = make_loader(train_set, spec, cfg.batch_size, train=True, seed=cfg.seed,
                                         channels_last=cfg.channels_last, workers=cfg.workers,
-                                        cutout_size=cfg.cutout, rank=job.rank, world=job.world)
+                                        cutout_size=cfg.cutout, rank=job.rank, world=job.world,
+                                        padding=cfg.crop_padding)
         self.val_loader = make_loader(val_set, spec, cfg.batch_size, channels_last=cfg.channels_last,
                                       workers=cfg.workers)
         self.log_every = cfg.log_every or (50 if device.type == "cuda" else 1)
