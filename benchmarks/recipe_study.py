@@ -90,6 +90,7 @@ STUDIES = {
                Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16"], ("resnet20",))],
 }
 
+
 def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path) -> dict:
     """Train one run as its own process and return its result line."""
     cmd = [sys.executable, "-m", "abnet", "train", "--model", model, "--data", data, "--data-root", DATA[data],
@@ -154,6 +155,7 @@ def main() -> None:
                     if args.log:
                         with open(args.log, "a") as f:
                             f.write(json.dumps(result) + "\n")
+
 
 if __name__ == "__main__":
     main()

@@ -78,11 +78,10 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise AbnetError(f"{name.replace('_', '-')} must be > 0, got {value}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout"):
-            if getattr(self, name) < 0:
-                raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.crop_padding is not None and self.crop_padding < 0:
-            raise AbnetError(f"crop-padding must be >= 0, got {self.crop_padding}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "seed", "workers", "cutout", "crop_padding"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise AbnetError(f"{name.replace('_', '-')} must be >= 0, got {value}")
         if self.eval_every < 1:
             raise AbnetError(f"eval-every must be >= 1, got {self.eval_every}")
         for name in ("limit_train", "limit_val", "image_size", "log_every"):
