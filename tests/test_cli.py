@@ -21,6 +21,28 @@ def test_train_then_eval_json(abn_run, capsys):
     assert result["n"] == 50 and 0 <= result["accuracy"] <= 1
 
 
+def test_eval_flip_averages_with_the_mirror_image_as_training_does(abn_run, capsys):
+    """`abnet eval --flip` reproduces a run's --eval-flip figure: the same numbers as evaluate(..., flip=True)."""
+    from dataclasses import replace
+
+    from abnet.data.registry import data_spec, load_dataset, make_loader
+    from abnet.engine.checkpoint import load_checkpoint
+    from abnet.engine.evaluate import evaluate
+
+    results = {}
+    for flags in ((), ("--flip",)):
+        code, out, _ = run_cli(capsys, "eval", str(abn_run), "--data", "shapes", "--limit", "50", "--json", *flags)
+        assert code == 0
+        results[bool(flags)] = json.loads(out)
+    model, meta = load_checkpoint(abn_run)
+    data = load_dataset("shapes", "test", 50, meta.data_options(None))
+    expected = evaluate(model, make_loader(data, replace(data_spec("shapes"), mean=meta.mean, std=meta.std), 256),
+                        flip=True)
+    assert results[True]["flip"] and not results[False]["flip"]
+    assert results[True]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert results[True]["loss"] != pytest.approx(results[False]["loss"], rel=1e-5)
+
+
 def test_unknown_model_suggests_names(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--model", "resnet20abn", *TINY_ARGS, "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "unknown model", "resnet20_abn")

@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_split(p, required=True)
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers for large images")
+    p.add_argument("--flip", action="store_true",
+                   help="flip test-time augmentation: logits averaged with the mirror image's (as train --eval-flip)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_eval)
@@ -349,15 +351,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, meta = _load_on_device(args)
     data, split = _checkpoint_data(args, meta)
     spec = replace(data_spec(args.data), mean=meta.mean, std=meta.std)  # the model's own
-    result = {**evaluate(model, make_loader(data, spec, args.batch_size, workers=args.workers)),
-              "data": args.data, "split": split, "model": meta.model_name}
+    result = {**evaluate(model, make_loader(data, spec, args.batch_size, workers=args.workers), flip=args.flip),
+              "data": args.data, "split": split, "model": meta.model_name, "flip": args.flip}
     if args.json:
         print(json.dumps(result))
     else:
         att = "-" if result["att_accuracy"] is None else f"{result['att_accuracy']:.4f}"
         extra = "".join(f"  {key.replace('_', ' ')} {result[key]:.4f}"
                         for key in ("mean_balanced_accuracy", "pointing_game") if result.get(key) is not None)
-        print(f"{result['model']} on {args.data}/{split} ({result['n']} images): accuracy "
+        flip = ", with flip test-time augmentation" if args.flip else ""
+        print(f"{result['model']} on {args.data}/{split} ({result['n']} images{flip}): accuracy "
               f"{result['accuracy']:.4f}  attention-branch accuracy {att}  loss {result['loss']:.4f}{extra}")
     return 0
 
