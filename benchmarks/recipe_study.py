@@ -130,7 +130,8 @@ def main() -> None:
     p.add_argument("--study", choices=sorted(STUDIES))
     p.add_argument("--recipes", nargs="+", help="only these of the study's recipes")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (e.g. one per parallel process)")
-    p.add_argument("--model", help="only this model (default: the study's models)")
+    p.add_argument("--model", help="only this model: the study's parts that name it, or, where none does, every part "
+                                   "trained with it (default: the study's models)")
     p.add_argument("--log", type=Path, help="JSONL file the results are appended to")
     p.add_argument("--runs", type=Path, default=Path("/tmp/recipe_runs"), help="folder of the run folders")
     p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
@@ -142,8 +143,11 @@ def main() -> None:
     if args.log and args.log.exists():
         done = {(r["recipe"], r["model"], r["data"], r["images"], r["epochs"], r["seed"])
                 for r in map(json.loads, args.log.read_text().splitlines())}
-    for study in STUDIES[args.study]:
-        for model in [args.model] if args.model else study.models:
+    parts = STUDIES[args.study]
+    named = any(args.model in study.models for study in parts)  # then --model picks the parts that name it
+    for study in parts:
+        models = study.models if not args.model else [args.model] if args.model in study.models or not named else []
+        for model in models:
             for recipe in [r for r in study.recipes if not args.recipes or r in args.recipes]:
                 for seed in [s for s in study.seeds if not args.seeds or s in args.seeds]:
                     key = (recipe, model, study.data, study.images, study.epochs, seed)
