@@ -196,4 +196,5 @@ def test_resume_of_a_finished_run_trains_nothing(abn_run, tmp_path, capsys):
     weights = (copy / "last.pt").read_bytes()
     code, out, err = run_cli(capsys, "train", "--out", str(copy), "--resume")
     assert code == 0 and json.loads(out)["epoch"] == 1 and "already trained all 1 epochs" in err
+    assert "resuming" not in err  # not "resuming at epoch 2 of 1"
     assert (copy / "last.pt").read_bytes() == weights

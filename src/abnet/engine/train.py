@@ -347,8 +347,9 @@ def _prepare(
         except Exception:
             trainer.close()
             raise
-        log.info("resuming %s at epoch %d of %d%s, in %s", run_dir, state.epoch + 1, cfg.epochs,
-                 f", step {state.step + 1}" if state.step else "", cfg.precision)
+        if state.epoch < cfg.epochs:  # a finished run says so below instead
+            log.info("resuming %s at epoch %d of %d%s, in %s", run_dir, state.epoch + 1, cfg.epochs,
+                     f", step {state.step + 1}" if state.step else "", cfg.precision)
     else:
         state = RunState()
         if job.is_main:
