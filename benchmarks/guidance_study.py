@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from runs import append_jsonl
 
 from abnet.data.registry import data_spec, load_dataset, make_loader
 from abnet.engine.checkpoint import load_checkpoint
@@ -127,10 +128,7 @@ def main() -> None:
                    cfg.map_fraction if cfg.map_targets else 0.0, "fine_tuned_from": base,
                    "val_accuracy": metrics["val_accuracy"], **test_scores(out, cfg.data),
                    "train_s": round(time.perf_counter() - start, 1)}
-            print(json.dumps(row), flush=True)
-            if args.log:
-                with open(args.log, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_jsonl(args.log, row)
 
 
 def plot(path: Path, out: Path) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
+
+from runs import append_jsonl, run_result, timed
 
 DATA = {"cifar10": "/work/data/cifar", "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 # The recipes compared, as `abnet train` flags on top of its defaults.
@@ -98,16 +97,9 @@ def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, mode
            *(["--limit-train", str(images)] if images else []), *RECIPES[recipe]]
     # A run stopped before (a session's end) continues where it stopped; wall_s then counts this part only.
     cmd += ["--resume"] if (out / "last.pt").is_file() else ["--force"]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    config = json.loads((out / "config.json").read_text())
-    return {"recipe": recipe, "model": model, "data": data, "images": images, "epochs": epochs, "seed": seed,
-            "held_out_accuracy": last["val_accuracy"], "att_accuracy": last["val_att_accuracy"],
-            "wall_s": round(wall, 1), "precision": config["precision"], "command": " ".join(cmd[1:])}
+    wall = timed(cmd)
+    return {"recipe": recipe, "data": data, "images": images, "seed": seed, **run_result(out),
+            "wall_s": round(wall, 1), "command": " ".join(cmd[1:])}
 
 
 def summary(path: Path) -> str:
@@ -146,19 +138,21 @@ def main() -> None:
     parts = STUDIES[args.study]
     named = any(args.model in study.models for study in parts)  # then --model picks the parts that name it
     for study in parts:
-        models = study.models if not args.model else [args.model] if args.model in study.models or not named else []
+        if not args.model:
+            models = study.models
+        elif args.model in study.models or not named:
+            models = (args.model,)
+        else:
+            models = ()
         for model in models:
             for recipe in [r for r in study.recipes if not args.recipes or r in args.recipes]:
                 for seed in [s for s in study.seeds if not args.seeds or s in args.seeds]:
                     key = (recipe, model, study.data, study.images, study.epochs, seed)
-                    if key in done:
+                    if key in done:  # in the log already, or run by an earlier part of this study
                         continue
                     out = args.runs / f"{study.data}_{study.images}x{study.epochs}_{model}_{recipe}_s{seed}"
-                    result = run(recipe, study.data, study.images, study.epochs, seed, model, out)
-                    print(json.dumps(result), flush=True)
-                    if args.log:
-                        with open(args.log, "a") as f:
-                            f.write(json.dumps(result) + "\n")
+                    append_jsonl(args.log, run(recipe, study.data, study.images, study.epochs, seed, model, out))
+                    done.add(key)
 
 
 if __name__ == "__main__":

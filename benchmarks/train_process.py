@@ -14,25 +14,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from runs import timed
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_abn.py"
 # abnet variants timed: name -> extra `abnet train` flags on top of its defaults.
 VARIANTS = {"abnet": [], "abnet_fp32": ["--precision", "fp32"], "abnet_auto": ["--precision", "auto"]}
-
-
-def timed(cmd: list[str]) -> float:
-    """Seconds from launching ``cmd`` to its exit (it must succeed)."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return seconds
 
 
 def main() -> None:

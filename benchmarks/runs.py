@@ -1,0 +1,39 @@
+"""What the benchmark and study scripts share about `abnet train` processes: timing one from launch to exit, the
+result its run folder ends with, and appending a result line to a JSONL log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def timed(cmd: list[str]) -> float:
+    """Seconds from launching ``cmd`` to its exit (it must succeed; its stderr's end is shown when it fails)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def run_result(out: Path) -> dict[str, Any]:
+    """A finished run's last epoch as a result line: model, epochs, held-out accuracy of both branches (with flip
+    test-time augmentation where the run used it), and the precision it trained in."""
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    config = json.loads((out / "config.json").read_text())
+    return {"model": config["model"], "epochs": last["epoch"], "held_out_accuracy": last["val_accuracy"],
+            "att_accuracy": last["val_att_accuracy"], "eval_flip": config["eval_flip"],
+            "precision": config["precision"]}
+
+
+def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
+    """Print ``row`` as one JSON line and, when ``path`` is given, append it there."""
+    print(json.dumps(row), flush=True)
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
