@@ -22,7 +22,8 @@ def test_train_then_eval_json(abn_run, capsys):
 
 
 def test_eval_flip_averages_with_the_mirror_image_as_training_does(abn_run, capsys):
-    """`abnet eval --flip` reproduces a run's --eval-flip figure: the same numbers as evaluate(..., flip=True)."""
+    """`abnet eval --flip` gives evaluate(..., flip=True)'s figures (the training loop's --eval-flip), not the plain
+    evaluation's."""
     from dataclasses import replace
 
     from abnet.data.registry import data_spec, load_dataset, make_loader
@@ -39,8 +40,20 @@ def test_eval_flip_averages_with_the_mirror_image_as_training_does(abn_run, caps
     expected = evaluate(model, make_loader(data, replace(data_spec("shapes"), mean=meta.mean, std=meta.std), 256),
                         flip=True)
     assert results[True]["flip"] and not results[False]["flip"]
-    assert results[True]["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    for key in ("accuracy", "att_accuracy", "loss"):
+        assert results[True][key] == pytest.approx(expected[key], rel=1e-5), key
     assert results[True]["loss"] != pytest.approx(results[False]["loss"], rel=1e-5)
+
+
+def test_flip_tta_is_refused_for_data_that_is_never_mirrored(tmp_path, capsys):
+    """SVHN's digits are not flipped in training, so averaging with the mirror image is refused before any file is
+    read or written."""
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "no-such-run"), "--data", "svhn", "--flip")
+    assert_one_line_error(code, err, "--flip", "svhn", "mirror")
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", "--data", "svhn", "--data-root",
+                           str(tmp_path), "--eval-flip", "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "--eval-flip", "svhn", "drop --eval-flip")
+    assert not (tmp_path / "r").exists()
 
 
 def test_unknown_model_suggests_names(tmp_path, capsys):

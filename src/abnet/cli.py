@@ -345,9 +345,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .data.registry import data_spec, make_loader
+    from .data.registry import check_flip_tta, data_spec, make_loader
     from .engine.evaluate import evaluate
 
+    if args.flip:
+        check_flip_tta(args.data, "--flip")
     model, meta = _load_on_device(args)
     data, split = _checkpoint_data(args, meta)
     spec = replace(data_spec(args.data), mean=meta.mean, std=meta.std)  # the model's own

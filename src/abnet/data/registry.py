@@ -143,6 +143,14 @@ def data_spec(name: str) -> DataSpec:
     raise DataError(f"unknown data set {name!r}{hint}; available: {available}")
 
 
+def check_flip_tta(name: str, flag: str) -> None:
+    """Refuse flip test-time augmentation (``flag``) for a data set whose images are never mirrored in training,
+    such as digits, where the mirror image shows something else."""
+    if not data_spec(name).flip:
+        raise DataError(f"{flag} averages each image with its mirror image, but {name}'s images are not mirrored "
+                        f"(a mirrored digit reads differently); drop {flag}")
+
+
 def load_dataset(
     name: str, split: str = "train", limit: int | None = None, options: DataOptions | None = None,
     hold_out: bool = True,

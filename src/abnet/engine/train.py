@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.loader import Batch
-from ..data.registry import DataSpec, data_spec, load_dataset, make_loader
+from ..data.registry import DataSpec, check_flip_tta, data_spec, load_dataset, make_loader
 from ..data.targets import attach_targets, guided_count
 from ..errors import AbnetError
 from ..fileio import write_text
@@ -304,6 +304,8 @@ def _prepare(
     if model is not None and getattr(model, "abnet_config", {}).get("model") != cfg.model:
         raise AbnetError(f"the model passed to train() is not a {cfg.model} made by abnet.create_model")
     spec = data_spec(cfg.data)
+    if cfg.eval_flip:
+        check_flip_tta(cfg.data, "--eval-flip")
     run_dir = check_run_dir(cfg.out, resume, force)
     saved = None
     if resume:
