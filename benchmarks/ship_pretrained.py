@@ -61,6 +61,14 @@ DATA_TERMS = {
 }
 
 
+# What `abnet eval NAME --data DATA` scores, where the held-out images are not the data set's official test split.
+SPLIT_NOTES = {
+    "cifar10": "`--data-root` built from the shared training images by `../shared/data/cifar10_build.py` scores the "
+               "same 5,000 held-out images; the official CIFAR-10 files score the 10,000 official test images, which "
+               "these weights never saw either, so expect a figure close to, not equal to, the one above.",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -114,6 +122,7 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         if any(t.dtype != torch.float32 for t in shipped.state_dict().values() if t.is_floating_point()):
             raise AbnetError(f"{staged} did not load as a float32 model")
         stored = evaluate(shipped, loader)
+        flipped = evaluate(shipped, loader, flip=True) if data_spec(meta.data).flip else None  # abnet eval --flip
         drops = {key: 100 * (before[key] - stored[key]) for key in ("accuracy", "att_accuracy")
                  if before[key] is not None}
         if args.dtype == "float16" and max(drops.values()) > MAX_DROP_PP and not args.force:
@@ -122,13 +131,14 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         rows = faithfulness(shipped, meta, held_out, split, args)
         run = run_record(run_dir)
         sha256 = file_sha256(staged / MODEL_FILE)
-        write_text(staged / CARD_FILE, model_card(args.name, shipped, meta, before, stored, rows, run, sha256,
-                                                  args.dtype, split, len(held_out)))
+        write_text(staged / CARD_FILE, model_card(args.name, shipped, meta, (before, stored, flipped), rows, run,
+                                                  sha256, args.dtype, split, len(held_out)))
         entry = publish(staged, root, args.name, stored["accuracy"], stored["att_accuracy"])
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return {"name": args.name, "entry": entry.to_dict(), "folder": str(root / entry.folder), "split": split,
             "held_out_images": len(held_out), "float32": summary(before), "stored": summary(stored),
+            "stored_flip": summary(flipped) if flipped else None,
             "drop_pp": drops, "faithfulness": rows, "train_seconds": run["seconds"]}
 
 
@@ -208,9 +218,12 @@ def machine() -> str:
     return f"{platform.platform()}, {cpu}{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def model_card(name: str, model: torch.nn.Module, meta: Any, before: dict[str, Any], stored: dict[str, Any],
-               rows: list[dict[str, Any]], run: dict[str, Any], sha256: str, dtype: str, split: str,
-               n_held_out: int) -> str:
+def model_card(name: str, model: torch.nn.Module, meta: Any, results: tuple[dict[str, Any], dict[str, Any],
+               dict[str, Any] | None], rows: list[dict[str, Any]], run: dict[str, Any], sha256: str, dtype: str,
+               split: str, n_held_out: int) -> str:
+    """The model card: ``results`` are the held-out figures in float32, as stored, and as stored with flip test-time
+    augmentation (None where the data is never mirrored)."""
+    before, stored, flipped = results
     is_abn = stored["att_accuracy"] is not None
     data = DATA_TERMS[meta.data].format(train=run["train"], held_out=f"{n_held_out:,}")
 
@@ -222,8 +235,17 @@ def model_card(name: str, model: torch.nn.Module, meta: Any, before: dict[str, A
     images = rows[0]["images"] if rows else 0
     hours = run["seconds"] / 3600
     plural = "" if run["epochs"] == 1 else "s"
-    resumed = f", interrupted and resumed {run['resumes']} times" if run["resumes"] else ""
+    times = "once" if run["resumes"] == 1 else f"{run['resumes']} times"
+    resumed = f", interrupted and resumed {times}" if run["resumes"] else ""
+    flip = f"; with flip test-time augmentation (`abnet eval --flip`): {accuracy(flipped)}" if flipped else ""
+    by_method = {row["method"]: row for row in rows}
+    same = "cam" in by_method and "gradcam" in by_method and all(
+        abs(by_method["cam"][key] - by_method["gradcam"][key]) < 1e-3 for key in ("deletion_auc", "insertion_auc"))
+    same_note = ("\n\nCAM and Grad-CAM score alike here: with global average pooling before one linear layer, "
+                 "Grad-CAM's channel weights are CAM's divided by the map's size, so the two maps agree up to scale."
+                 if same else "")
     size = sum(p.numel() for p in model.parameters())
+    split_note = SPLIT_NOTES.get(meta.data, f"here, the `{split}` split of {meta.data}.")
     return f"""---
 library_name: abnet
 license: unknown
@@ -244,7 +266,7 @@ datasets:
 |---|---|
 | Data | {data} |
 | Held-out accuracy | {accuracy(stored)}: top-1 on the {n_held_out:,} images of the `{split}` split, with the weights \
-as shipped ({dtype}); in float32 before storing: {accuracy(before)}; the run's own best figure \
+as shipped ({dtype}){flip}; in float32 before storing: {accuracy(before)}; the run's own best figure \
 (metrics.jsonl, epoch {meta.epoch}{run["flip"]}): {meta.val_accuracy} |
 | Training | `{run["command"]}`; {run["epochs"]} epoch{plural}, {run["seconds"]:,.0f} s ({hours:.1f} h) of epoch time \
 (metrics.jsonl) on {run["device"]}{resumed}; all settings: train_config in config.json |
@@ -262,7 +284,7 @@ all maps on the same model.
 
 | method | deletion AUC | insertion AUC |
 |---|---|---|
-{table}
+{table}{same_note}
 
 ## Use
 
@@ -275,6 +297,8 @@ model = abnet.create_model({meta.model_name!r}, pretrained={meta.data!r})  # = a
 abnet eval {name} --data {meta.data}{" --data-root DIR" if data_spec(meta.data).needs_root else ""}
 abnet explain {name} IMAGE... --out explained/
 ```
+
+The figures above reproduce with the data laid out as they were measured; {split_note}
 """
 
 

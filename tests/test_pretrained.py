@@ -88,6 +88,12 @@ def test_ship_writes_folder_index_and_card_with_measured_figures(shipped, capsys
                    f"attention branch {entry['att_accuracy']:.4f}", "first 8 held-out images", "| abn |", "| cam |",
                    "| gradcam |", "pretrained='shapes'"):
         assert needle in card, needle
+    # ... and its flip figure is what `abnet eval --flip` gives.
+    code, out, _ = run_cli(capsys, "eval", name, "--data", "shapes", "--limit", str(HELD_OUT), "--json", "--flip")
+    flipped = json.loads(out)
+    assert code == 0 and flipped["flip"]
+    assert (f"with flip test-time augmentation (`abnet eval --flip`): perception branch {flipped['accuracy']:.4f}, "
+            f"attention branch {flipped['att_accuracy']:.4f}") in card
 
 
 def test_float16_that_costs_too_much_is_refused_and_nothing_is_shipped(shipped, tmp_path, capsys, monkeypatch):
