@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from abnet.data.registry import data_spec, load_dataset, make_loader
+from abnet.data.registry import check_flip_tta, data_spec, load_dataset, make_loader
 from abnet.engine.checkpoint import load_checkpoint
+from abnet.engine.evaluate import flip_averaged
+from abnet.errors import AbnetError
 from abnet.models import perception_logits
 
 
@@ -33,9 +35,7 @@ def correct(checkpoint: str, data: str, root: str | None, flip: bool) -> torch.T
     with torch.no_grad():
         model.eval()
         for batch in loader.epoch():
-            logits = perception_logits(model(batch.images))
-            if flip:
-                logits = logits + perception_logits(model(batch.images.flip(3)))
+            logits = perception_logits(flip_averaged(model, batch.images, flip))
             hits.append(logits.argmax(1) == batch.labels)
     return torch.cat(hits)
 
@@ -55,7 +55,12 @@ def main() -> None:
     p.add_argument("--data-root")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation (as abnet eval --flip)")
     args = p.parse_args()
-    a, b = (correct(name, args.data, args.data_root, args.flip) for name in (args.a, args.b))
+    try:
+        if args.flip:
+            check_flip_tta(args.data, "--flip")
+        a, b = (correct(name, args.data, args.data_root, args.flip) for name in (args.a, args.b))
+    except AbnetError as e:
+        p.exit(2, f"paired_compare: error: {e}\n")
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     print(json.dumps({"a": args.a, "b": args.b, "data": args.data, "flip": args.flip, "images": len(a),
                       "accuracy_a": a.float().mean().item(), "accuracy_b": b.float().mean().item(),

@@ -25,8 +25,13 @@ def model_loss(
     return classification_loss(output, target, pos_weight, label_smoothing)
 
 
-def _mean_logits(output: ABNOutput | Tensor, mirrored: ABNOutput | Tensor) -> ABNOutput | Tensor:
-    """``output`` with its logits (both branches') averaged with those of the mirror image's ``mirrored``."""
+def flip_averaged(model: nn.Module, images: Tensor, flip: bool = True) -> ABNOutput | Tensor:
+    """The model's output on ``images``; with ``flip``, both branches' logits averaged with those of the mirror
+    images (test-time augmentation; the attention map stays the unmirrored image's)."""
+    output = model(images)
+    if not flip:
+        return output
+    mirrored = model(images.flip(3))
     if isinstance(output, ABNOutput):
         return output._replace(logits=(output.logits + mirrored.logits) / 2,
                                att_logits=(output.att_logits + mirrored.att_logits) / 2)
@@ -68,9 +73,7 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader, flip: bool
     attributes: AttributeCounts | None = None
     device = next(model.parameters()).device
     for batch in loader.epoch():
-        out = model(batch.images.to(device))
-        if flip:
-            out = _mean_logits(out, model(batch.images.to(device).flip(3)))
+        out = flip_averaged(model, batch.images.to(device), flip)
         y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)
