@@ -103,17 +103,20 @@ def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, mode
 
 
 def summary(path: Path) -> str:
-    """A markdown table: mean ± sd of held-out accuracy per (data, images, epochs, model, recipe)."""
+    """A markdown table: mean ± sd of held-out accuracy (and of its error, in percent) per (data, images, epochs,
+    model, recipe); sd is the sample standard deviation over seeds, 0 for one seed."""
     groups: dict[tuple, list[dict]] = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
         groups.setdefault((r["data"], r["images"], r["epochs"], r["model"], r["recipe"]), []).append(r)
-    rows = ["| data | images x epochs | model | recipe | seeds | held-out accuracy | wall s |", "|" + "---|" * 7]
+    rows = ["| data | images x epochs | model | recipe | seeds | held-out accuracy | error % | wall s |",
+            "|" + "---|" * 8]
     for (data, images, epochs, model, recipe), runs in sorted(groups.items(), key=str):
         acc = [r["held_out_accuracy"] for r in runs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        mean, sd = statistics.mean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0
         rows.append(f"| {data} | {images or 'all'} x {epochs} | {model} | {recipe} | {len(acc)} | "
-                    f"{statistics.mean(acc):.3f} ± {sd:.3f} | {statistics.mean(r['wall_s'] for r in runs):.0f} |")
+                    f"{mean:.3f} ± {sd:.3f} | {100 * (1 - mean):.2f} ± {100 * sd:.2f} | "
+                    f"{statistics.mean(r['wall_s'] for r in runs):.0f} |")
     return "\n".join(rows)
 
 
