@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 import abnet
+from abnet.engine.precision import cpu_name
 from abnet.metrics import upsample_maps
 from abnet.models.inference import inference_model
 
@@ -121,7 +121,7 @@ def main() -> None:
         "benchmark": "explain_cost", "model": args.model, "input": [args.batch, 3, args.size, args.size],
         "images_per_s": speed, "rounds": rounds, "ratios": ratios, "goals": {"same_model": 3.0, "plain": 2.0},
         "compile_seconds": compile_seconds, **agreement, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "cpu": cpu_name(),
     }, indent=1))
 
 

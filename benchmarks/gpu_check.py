@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from abnet.engine.checkpoint import load_state
+from abnet.engine.precision import cpu_name
 
 
 def abnet_train(*args: str, torchrun: int = 0, **popen) -> subprocess.Popen:
@@ -114,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         report = {
-            "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
             "gpus": torch.cuda.device_count() if args.device == "cuda" else 0,
             "torch": torch.__version__, "small": args.small,
             "train_images_per_s": throughput(work, args.device, args.small),

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import abnet
+from abnet.engine.precision import cpu_name
 from abnet.models import ABNOutput, AttentionBranch, BackboneSplit
 from abnet.models.cifar_resnet import DEPTHS, cifar_resnet_split
 from abnet.models.imagenet_resnet import ARCHS, resnet_split
@@ -111,7 +112,8 @@ def worker(cfg: dict) -> dict:
         times.append(time.perf_counter() - start)
     return {**record, "step_s": round(statistics.median(times), 4), "steps": cfg["steps"],
             "build_rss_mb": round(build_rss, 1), "train_peak_mb": round(memory_mb("VmHWM") - build_rss, 1),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+            "cpu": cpu_name()}
 
 
 def main() -> None:

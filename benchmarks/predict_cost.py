@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ from explain_cost import abn_prediction_and_map, grad_cam_runner  # same directo
 
 import abnet
 from abnet.deploy import export_model
+from abnet.engine.precision import cpu_name
 from abnet.explain.methods import target_layer
 from abnet.models import ABNOutput
 from abnet.models.inference import inference_model
@@ -133,7 +133,7 @@ def main() -> None:
                       "inference_copy/gradcam@64": bool(at_64) and min(at_64) >= 6.0},
         "rounds_per_contender": args.rounds, "min_seconds": args.min_seconds, "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
     }, indent=1))
 
 

@@ -35,6 +35,7 @@ from abnet.data.registry import data_spec, load_dataset, make_loader
 from abnet.engine.checkpoint import load_checkpoint
 from abnet.engine.config import TrainConfig, read_config
 from abnet.engine.evaluate import evaluate
+from abnet.engine.precision import cpu_name
 from abnet.errors import AbnetError
 from abnet.explain.methods import check_method
 from abnet.explain.run import compute_maps, method_metrics, probability_fn
@@ -208,14 +209,8 @@ def train_command(config: TrainConfig) -> str:
 
 def machine() -> str:
     """This (the shipping) machine: platform, CPU model, GPU if any."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        cpu = found.group(1) if found else cpu
-    except OSError:
-        pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{platform.platform()}, {cpu}{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{platform.platform()}, {cpu_name()}{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def model_card(name: str, model: torch.nn.Module, meta: Any, results: tuple[dict[str, Any], dict[str, Any],

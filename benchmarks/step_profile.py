@@ -25,6 +25,7 @@ from train_e2e import gemm_flops  # the same yardstick as train_e2e.py's shares
 
 import abnet
 from abnet.engine.evaluate import model_loss
+from abnet.engine.precision import cpu_has_native_bf16, cpu_name
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 # Profile op names -> the part of the step they belong to (self time; anything else is "other").
@@ -97,7 +98,8 @@ def main() -> None:
     rates = {prec: gemm_flops(dtype=DTYPES[prec] or torch.float32) for prec in args.precisions}
     print(json.dumps({"gemm_gflops": {k: round(v / 1e9, 1) for k, v in rates.items()}, "n": 2048,
                       "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "machine": platform.machine()}), flush=True)
+                      "machine": platform.machine(), "cpu": cpu_name(), "native_bf16": cpu_has_native_bf16()}),
+          flush=True)
     for name in args.models:
         for prec in args.precisions:
             step, flops = make_step(name, prec, args.batch, False)

@@ -22,6 +22,7 @@ from torch import nn
 
 import abnet
 from abnet.engine.evaluate import model_loss
+from abnet.engine.precision import cpu_has_native_bf16, cpu_name
 
 
 class RefBlock(nn.Module):
@@ -119,7 +120,8 @@ def main() -> None:
         "parameters": n_abnet, "abnet_images_per_s": round(ours, 1), "reference_images_per_s": round(ref, 1),
         "ratio": round(ours / ref, 3), "abnet_rounds": [round(r, 1) for r in abnet_rates],
         "reference_rounds": [round(r, 1) for r in ref_rates], "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+        "torch": torch.__version__, "machine": platform.machine(), "cpu": cpu_name(),
+        "native_bf16": cpu_has_native_bf16(),
     }))
 
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import re
 
 import pytest
 import test_formats as formats
@@ -50,13 +51,18 @@ def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(precision, "Path", lambda _: cpuinfo)
     for flags, expected in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16", True)):
-        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: {flags}\n")
         precision.cpu_has_native_bf16.cache_clear()
         assert precision.cpu_has_native_bf16() is expected
-    cpuinfo.unlink()  # unreadable (e.g. not Linux): fp32 stays the choice
+    precision.cpu_name.cache_clear()
+    assert precision.cpu_name() == "Test CPU 9000"
+    cpuinfo.unlink()  # unreadable (e.g. not Linux): fp32 stays the choice, and the CPU is named by platform
     precision.cpu_has_native_bf16.cache_clear()
+    precision.cpu_name.cache_clear()
     assert precision.cpu_has_native_bf16() is False
+    assert precision.cpu_name()  # platform.processor() or at least the architecture
     precision.cpu_has_native_bf16.cache_clear()
+    precision.cpu_name.cache_clear()
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
@@ -65,7 +71,8 @@ def test_config_json_and_log_record_the_precision_used(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.INFO, logger="abnet"):
         engine.train(tiny_config(tmp_path / "run", precision="auto", device="cpu"), progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == expected
-    assert f"on cpu in {expected}" in (tmp_path / "run" / "train.log").read_text()
+    bf16 = "native bf16" if native else "no native bf16"  # the log names the CPU, so runs on other machines differ
+    assert re.search(rf"on cpu \(.+, \d+ threads, {bf16}\) in {expected}", (tmp_path / "run" / "train.log").read_text())
 
 
 @pytest.mark.parametrize("requested, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])

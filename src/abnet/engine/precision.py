@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 from pathlib import Path
 
 import torch
@@ -18,16 +19,37 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 (not emulate it)
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of field ``name`` in /proc/cpuinfo; None where it cannot be read (non-Linux machines)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return next((value.strip() for key, value in fields if key.strip() == name), None)
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX), from the kernel's CPU flags; False where
     they cannot be read (non-Linux machines), which only means fp32 stays the choice."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = (_cpuinfo_field("flags") or "").split()
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+@functools.cache
+def cpu_name() -> str:
+    """This CPU's model name from /proc/cpuinfo, else what ``platform`` knows (the architecture at least)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def describe_device(device: torch.device) -> str:
+    """``device`` as a run's log names it, so that runs on different machines can be told apart: a GPU's name, or
+    the CPU's model, its threads and whether it computes bf16 natively."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads, {bf16})"
 
 
 def cuda_precision(device: torch.device) -> str:

@@ -40,7 +40,7 @@ from .distributed import Distributed, check_batch, setup, shutdown
 from .evaluate import evaluate, model_loss
 from .guidance import map_loss, rrr_loss
 from .plots import plot_curves
-from .precision import DTYPES, resolve_precision
+from .precision import DTYPES, describe_device, resolve_precision
 from .stopping import StopFlag, TrainingStopped, stop_on_signals
 
 log = logging.getLogger("abnet")
@@ -350,16 +350,16 @@ def _prepare(
             trainer.close()
             raise
         if state.epoch < cfg.epochs:  # a finished run says so below instead
-            log.info("resuming %s at epoch %d of %d%s, in %s", run_dir, state.epoch + 1, cfg.epochs,
-                     f", step {state.step + 1}" if state.step else "", cfg.precision)
+            log.info("resuming %s at epoch %d of %d%s, on %s in %s", run_dir, state.epoch + 1, cfg.epochs,
+                     f", step {state.step + 1}" if state.step else "", describe_device(device), cfg.precision)
     else:
         state = RunState()
         if job.is_main:
             write_text(run_dir / "config.json", cfg.to_json())
         log.info("training %s (%s parameters) on %s: %d train / %d %s images of %s, %d epochs, on %s in %s",
                  cfg.model, f"{sum(p.numel() for p in trainer.model.parameters()):,}", cfg.data, len(train_set),
-                 len(val_set), cfg.val_split, "x".join(map(str, train_set.image_size)), cfg.epochs, device,
-                 cfg.precision)
+                 len(val_set), cfg.val_split, "x".join(map(str, train_set.image_size)), cfg.epochs,
+                 describe_device(device), cfg.precision)
     if cfg.map_targets is not None:
         log.info("map guidance: %s targets for %d of %d training images, %s loss x %g", cfg.map_targets,
                  guided_count(train_set), len(train_set), cfg.map_loss, cfg.map_weight)
