@@ -4,6 +4,8 @@ held-out accuracy is one JSON line in --log (runs already there are skipped, so 
     python ../shared/data/cifar10_build.py /work/data/cifar          # 45,000 train / 5,000 held out
     apt-get install dataset-fashion-mnist                           # /usr/share/datasets/fashion-mnist
     python benchmarks/recipe_study.py --study short --log results/recipe_study.jsonl
+    python benchmarks/recipe_study.py --study table1 --log results/table1_study.jsonl --pending
+    python benchmarks/recipe_study.py --study table1 --log results/table1_study.jsonl --jobs 2
     python benchmarks/recipe_study.py --summary results/recipe_study.jsonl
 
 Held out: CIFAR-10's 5,000 images in test_batch (not trained on), Fashion-MNIST's official 10,000 test images.
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
@@ -90,16 +94,17 @@ STUDIES = {
 }
 
 
-def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path) -> dict:
-    """Train one run as its own process and return its result line."""
+def run(recipe: str, data: str, images: int | None, epochs: int, seed: int, model: str, out: Path,
+        threads: int | None = None) -> dict:
+    """Train one run as its own process (at ``threads`` threads; default: torch's) and return its result line."""
     cmd = [sys.executable, "-m", "abnet", "train", "--model", model, "--data", data, "--data-root", DATA[data],
            "--val-split", "test", "--epochs", str(epochs), "--seed", str(seed), "--out", str(out),
            *(["--limit-train", str(images)] if images else []), *RECIPES[recipe]]
     # A run stopped before (a session's end) continues where it stopped; wall_s then counts this part only.
     cmd += ["--resume"] if (out / "last.pt").is_file() else ["--force"]
-    wall = timed(cmd)
+    wall = timed(cmd, threads)
     return {"recipe": recipe, "data": data, "images": images, "seed": seed, **run_result(out),
-            "wall_s": round(wall, 1), "command": " ".join(cmd[1:])}
+            "wall_s": round(wall, 1), "threads": threads, "command": " ".join(cmd[1:])}
 
 
 def summary(path: Path) -> str:
@@ -130,6 +135,8 @@ def main() -> None:
     p.add_argument("--log", type=Path, help="JSONL file the results are appended to")
     p.add_argument("--runs", type=Path, default=Path("/tmp/recipe_runs"), help="folder of the run folders")
     p.add_argument("--summary", type=Path, help="print the table of a results file and exit")
+    p.add_argument("--pending", action="store_true", help="list the runs the log does not hold yet, and exit")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each at cores/jobs threads (default 1)")
     args = p.parse_args()
     if args.summary:
         print(summary(args.summary))
@@ -138,25 +145,46 @@ def main() -> None:
     if args.log and args.log.exists():
         done = {(r["recipe"], r["model"], r["data"], r["images"], r["epochs"], r["seed"])
                 for r in map(json.loads, args.log.read_text().splitlines())}
-    parts = STUDIES[args.study]
-    named = any(args.model in study.models for study in parts)  # then --model picks the parts that name it
+    todo = pending(STUDIES[args.study], done, args.model, args.recipes, args.seeds, args.runs)
+    if args.pending:
+        for recipe, data, images, epochs, seed, model, out in todo:
+            print(f"{model} {recipe} seed {seed}: {data}, {images or 'all'} images x {epochs} epochs, {out}"
+                  f"{' (resumes from last.pt)' if (out / 'last.pt').is_file() else ''}")
+        return
+    # --jobs N: N runs at a time, the cores shared out among them (two 1-thread runs beat one 2-thread run here).
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run, *job, threads=threads) for job in todo]
+        try:
+            for future in as_completed(futures):  # each result is logged as soon as its run ends
+                append_jsonl(args.log, future.result())
+        except BaseException:  # a failed run (or Ctrl-C): the runs not started yet are not started
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def pending(parts: list[Study], done: set[tuple], model: str | None, recipes: list[str] | None,
+            seeds: list[int] | None, runs: Path) -> list[tuple]:
+    """The runs of ``parts`` not in ``done`` (keys of the log), filtered by --model/--recipes/--seeds, each as
+    ``run()``'s arguments; a run two parts share is listed once."""
+    named = any(model in study.models for study in parts)  # then --model picks the parts that name it
+    todo, keys = [], set(done)
     for study in parts:
-        if not args.model:
+        if not model:
             models = study.models
-        elif args.model in study.models or not named:
-            models = (args.model,)
+        elif model in study.models or not named:
+            models = (model,)
         else:
             models = ()
-        for model in models:
-            for recipe in [r for r in study.recipes if not args.recipes or r in args.recipes]:
-                for seed in [s for s in study.seeds if not args.seeds or s in args.seeds]:
-                    key = (recipe, model, study.data, study.images, study.epochs, seed)
-                    if key in done:  # in the log already, or run by an earlier part of this study
-                        continue
-                    out = args.runs / f"{study.data}_{study.images}x{study.epochs}_{model}_{recipe}_s{seed}"
-                    append_jsonl(args.log, run(recipe, study.data, study.images, study.epochs, seed, model, out))
-                    done.add(key)
-
+        for name in models:
+            for recipe in [r for r in study.recipes if not recipes or r in recipes]:
+                for seed in [s for s in study.seeds if not seeds or s in seeds]:
+                    key = (recipe, name, study.data, study.images, study.epochs, seed)
+                    if key not in keys:
+                        keys.add(key)
+                        out = runs / f"{study.data}_{study.images}x{study.epochs}_{name}_{recipe}_s{seed}"
+                        todo.append((recipe, study.data, study.images, study.epochs, seed, name, out))
+    return todo
 
 if __name__ == "__main__":
     main()

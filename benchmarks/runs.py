@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 
-def timed(cmd: list[str]) -> float:
-    """Seconds from launching ``cmd`` to its exit (it must succeed; its stderr's end is shown when it fails)."""
+def timed(cmd: list[str], threads: int | None = None) -> float:
+    """Seconds from launching ``cmd`` to its exit (it must succeed; its stderr's end is shown when it fails);
+    ``threads`` sets its OMP_NUM_THREADS."""
+    env = {**os.environ, "TQDM_DISABLE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -31,9 +34,14 @@ def run_result(out: Path) -> dict[str, Any]:
             "precision": config["precision"]}
 
 
+_append_lock = threading.Lock()
+
+
 def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
-    """Print ``row`` as one JSON line and, when ``path`` is given, append it there."""
-    print(json.dumps(row), flush=True)
-    if path is not None:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    """Print ``row`` as one JSON line and, when ``path`` is given, append it there (one whole line at a time, also
+    from several threads)."""
+    with _append_lock:
+        print(json.dumps(row), flush=True)
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")

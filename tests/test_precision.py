@@ -72,7 +72,8 @@ def test_config_json_and_log_record_the_precision_used(tmp_path, monkeypatch, ca
         engine.train(tiny_config(tmp_path / "run", precision="auto", device="cpu"), progress=False)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == expected
     bf16 = "native bf16" if native else "no native bf16"  # the log names the CPU, so runs on other machines differ
-    assert re.search(rf"on cpu \(.+, \d+ threads, {bf16}\) in {expected}", (tmp_path / "run" / "train.log").read_text())
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert re.search(rf"on cpu \(.+, \d+ threads?, {bf16}\) in {expected}", log_text)
 
 
 @pytest.mark.parametrize("requested, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])

@@ -48,8 +48,9 @@ def describe_device(device: torch.device) -> str:
     the CPU's model, its threads and whether it computes bf16 natively."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads, {bf16})"
+    return f"cpu ({cpu_name()}, {threads} thread{'s' * (threads != 1)}, {bf16})"
 
 
 def cuda_precision(device: torch.device) -> str:
