@@ -65,7 +65,9 @@ RECIPES.update({"cos_b32_ls02_crop2": variant(NOCROP, crop_padding="2"),
 RECIPES.update({"cos_b32_ls02_nocrop_wu01": variant(NOCROP, warmup_epochs="0.1"),
                 "cos_b16_ls02_nocrop_lr005": variant(NOCROP, batch_size="16", lr="0.05"),
                 "cos_b32_ls01_nocrop": variant(NOCROP, label_smoothing="0.1"),
-                "cos_b32_ls02_nocrop_wd5e5": variant(NOCROP, weight_decay="5e-5")})
+                "cos_b32_ls02_nocrop_wd5e5": variant(NOCROP, weight_decay="5e-5"),
+                "cos_b32_ls03_nocrop": variant(NOCROP, label_smoothing="0.3"),
+                "cos_b16_ls03_nocrop_lr005": variant(NOCROP, batch_size="16", lr="0.05", label_smoothing="0.3")})
 FAST = ["--schedule", "cosine", "--warmup-epochs", "1", "--nesterov", "--label-smoothing", "0.1", "--weight-decay",
         "5e-4", "--batch-size", "128", "--lr", "0.2", "--eval-flip"]
 RECIPES.update({"fast_fp32": [*FAST, "--precision", "fp32"], "fast_bf16": [*FAST, "--precision", "bf16"]})
@@ -93,7 +95,7 @@ STUDIES = {
     # Fashion-MNIST's short runs again, seeds 0 and 1, the short study's best (cos_b32_ls02_nocrop) as the control.
     "explore_fmnist": [Study("fashion-mnist", 6000, 2, (0, 1), [
         "cos_b32_ls02_nocrop", "cos_b32_ls02_nocrop_wu01", "cos_b16_ls02_nocrop_lr005", "cos_b32_ls01_nocrop",
-        "cos_b32_ls02_nocrop_wd5e5"])],
+        "cos_b32_ls02_nocrop_wd5e5", "cos_b32_ls03_nocrop", "cos_b16_ls03_nocrop_lr005"])],
     "precision": [Study("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
     "short": [Study("cifar10", 5000, 4, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"]),
               Study("fashion-mnist", 6000, 2, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"])],
