@@ -95,7 +95,9 @@ STUDIES = {
     # Fashion-MNIST's short runs again, seeds 0 and 1, the short study's best (cos_b32_ls02_nocrop) as the control.
     "explore_fmnist": [Study("fashion-mnist", 6000, 2, (0, 1), [
         "cos_b32_ls02_nocrop", "cos_b32_ls02_nocrop_wu01", "cos_b16_ls02_nocrop_lr005", "cos_b32_ls01_nocrop",
-        "cos_b32_ls02_nocrop_wd5e5", "cos_b32_ls03_nocrop", "cos_b16_ls03_nocrop_lr005"])],
+        "cos_b32_ls02_nocrop_wd5e5", "cos_b32_ls03_nocrop", "cos_b16_ls03_nocrop_lr005"]),
+                       # Does the attention branch slow short runs? Plain resnet20 on the control recipe.
+                       Study("fashion-mnist", 6000, 2, (0, 1), ["cos_b32_ls02_nocrop"], ("resnet20",))],
     "precision": [Study("cifar10", None, 15, (0, 1), ["fast_bf16", "fast_fp32"])],
     "short": [Study("cifar10", 5000, 4, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"]),
               Study("fashion-mnist", 6000, 2, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"])],
