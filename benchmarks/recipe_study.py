@@ -200,5 +200,6 @@ def pending(parts: list[Study], done: set[tuple], model: str | None, recipes: li
                         todo.append((recipe, study.data, study.images, study.epochs, seed, name, out))
     return todo
 
+
 if __name__ == "__main__":
     main()
