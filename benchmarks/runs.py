@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -24,14 +25,27 @@ def timed(cmd: list[str], threads: int | None = None) -> float:
     return seconds
 
 
+# train.log's start and resume lines end "..., on cpu (AMD EPYC, 1 thread, native bf16) in bf16".
+_DEVICE_LINE = re.compile(r"(?: training | resuming ).*, on (.+) in \w+$")
+
+
+def run_machines(out: Path) -> list[str]:
+    """The devices a run trained on, in order, as its train.log's start and resume lines name them (a run resumed
+    across sessions may have used several machines)."""
+    log = out / "train.log"
+    found = [m.group(1) for line in log.read_text().splitlines() if (m := _DEVICE_LINE.search(line))] \
+        if log.exists() else []
+    return list(dict.fromkeys(found))
+
+
 def run_result(out: Path) -> dict[str, Any]:
     """A finished run's last epoch as a result line: model, epochs, held-out accuracy of both branches (with flip
-    test-time augmentation where the run used it), and the precision it trained in."""
+    test-time augmentation where the run used it), the precision it trained in and the machines it ran on."""
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     config = json.loads((out / "config.json").read_text())
     return {"model": config["model"], "epochs": last["epoch"], "held_out_accuracy": last["val_accuracy"],
             "att_accuracy": last["val_att_accuracy"], "eval_flip": config["eval_flip"],
-            "precision": config["precision"]}
+            "precision": config["precision"], "machines": run_machines(out)}
 
 
 _append_lock = threading.Lock()
