@@ -15,9 +15,10 @@ import abnet.engine.train as engine
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_guidance_with_the_object_masks_raises_the_pointing_game(tmp_path, seed):
+    # fp32: in bf16 a map this briefly trained saturates into ties, and argmax then scores the first cell.
     def pointing_game(**guidance):
-        cfg = tiny_config(tmp_path / f"run{len(guidance)}", limit_train=256, limit_val=128, epochs=2, seed=seed,
-                          **guidance)
+        cfg = tiny_config(tmp_path / f"run{len(guidance)}", limit_train=384, limit_val=128, epochs=2, seed=seed,
+                          precision="fp32", **guidance)
         return engine.train(cfg, progress=False)["val_pointing_game"]
 
     assert pointing_game(map_targets="masks", map_weight=5.0) > pointing_game() + 0.05
