@@ -33,8 +33,9 @@ def run_machines(out: Path) -> list[str]:
     """The devices a run trained on, in order, as its train.log's start and resume lines name them (a run resumed
     across sessions may have used several machines)."""
     log = out / "train.log"
-    found = [m.group(1) for line in log.read_text().splitlines() if (m := _DEVICE_LINE.search(line))] \
-        if log.exists() else []
+    if not log.exists():
+        return []
+    found = [m.group(1) for line in log.read_text().splitlines() if (m := _DEVICE_LINE.search(line))]
     return list(dict.fromkeys(found))
 
 

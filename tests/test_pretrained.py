@@ -1,7 +1,6 @@
 """Weights shipped in the package: the index and its checksums, fp16 storage, pretrained names everywhere a checkpoint
 is accepted, `abnet pretrained`, and benchmarks/ship_pretrained.py, all on a tiny model shipped into a tmp root."""
 
-import importlib.util
 import json
 import math
 import shutil
@@ -13,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, randomize_batch_norm, register_tiny_cnn, run_cli, tiny_config
+from conftest import (
+    assert_one_line_error,
+    benchmark_script,
+    randomize_batch_norm,
+    register_tiny_cnn,
+    run_cli,
+    tiny_config,
+)
 from PIL import Image
 
 import abnet
@@ -32,13 +38,6 @@ CIFAR_BUILD = REPO.parent / "shared" / "data" / "cifar10_build.py"  # builds one
 HELD_OUT = 64  # held-out images the tiny model's accuracy is measured on
 
 
-def ship_script():
-    spec = importlib.util.spec_from_file_location("ship_pretrained", REPO / "benchmarks" / "ship_pretrained.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """A tiny ABN trained one epoch on shapes and shipped in float16 into a package root of its own:
@@ -47,7 +46,7 @@ def shipped(tmp_path_factory):
     base = tmp_path_factory.mktemp("shipped")
     train(tiny_config(base / "run", model=model), progress=False)
     root, name = base / "package", f"{model}:shapes"
-    script = ship_script()
+    script = benchmark_script("ship_pretrained")
     code = script.main([str(base / "run"), "--name", name, "--root", str(root), "--limit", str(HELD_OUT),
                         "--images", "8", "--steps", "4", "--force"])
     assert code == 0
@@ -101,7 +100,7 @@ def test_ship_writes_folder_index_and_card_with_measured_figures(shipped, capsys
 
 def test_float16_that_costs_too_much_is_refused_and_nothing_is_shipped(shipped, tmp_path, capsys, monkeypatch):
     _, name, run = shipped
-    script = ship_script()
+    script = benchmark_script("ship_pretrained")
     monkeypatch.setattr(script, "MAX_DROP_PP", -1.0)  # any float16 copy now costs too much
     root = tmp_path / "package"
     code = script.main([str(run), "--name", name, "--root", str(root), "--limit", "16", "--images", "4"])
