@@ -102,6 +102,9 @@ STUDIES = {
     "short": [Study("cifar10", 5000, 4, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"]),
               Study("fashion-mnist", 6000, 2, (0, 1), ["old", "cos_b32_ls02", "cos_b32_ls02_nocrop"])],
     "long": [Study(data, 45000, 30, (0, 1), ["old_auto", "fast_auto"]) for data in ("cifar10", "fashion-mnist")],
+    # The long study's new recipe on the short runs: does the candidate default also learn fast?
+    "short_fast": [Study("cifar10", 5000, 4, (0, 1), ["fast_auto"]),
+                   Study("fashion-mnist", 6000, 2, (0, 1), ["fast_auto"])],
     # Seeds 0 and 1 of resnet20_abn's fast_bf16 (mask residual) are the precision study's runs.
     "table1": [Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16", "fast_bf16_multiply", "fast_bf16_none"]),
                Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16"], ("resnet20",))],
