@@ -30,8 +30,8 @@ from abnet.engine.train import train
 
 # The recipe every run shares: the demo's (8,000 training images, 5 epochs, cosine, batch 64).
 BASE = TrainConfig(model="resnet20_abn", data="shapes-shortcut", epochs=5, batch_size=64, lr=0.1,
-                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, limit_train=8000, limit_val=500,
-                   precision="auto")
+                   weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, nesterov=False, label_smoothing=0.0,
+                   limit_train=8000, limit_val=500, precision="auto")
 FINE_TUNE_EPOCHS = 2
 SHARES = (0.01, 0.05, 0.25, 1.0)
 RRR_SHARES = (0.05, 1.0)

@@ -197,6 +197,10 @@ def train_command(config: TrainConfig) -> str:
         value = values[dest]
         if value == defaults[dest] and dest not in ("model", "data", "out"):
             continue
+        if isinstance(action, argparse.BooleanOptionalAction):  # --nesterov / --no-nesterov
+            words.append(action.option_strings[0 if value else 1])
+            done.add(dest)
+            continue
         if action.nargs == 0:  # store_const: the flag only says its constant
             if value == action.const:
                 words.append(action.option_strings[0])

@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli, save_random_image
+from conftest import TINY_ARGS, assert_one_line_error, run_cli, save_random_image
 
+from abnet.cli import main
 from abnet.engine.config import TrainConfig
 from abnet.errors import AbnetError
 
@@ -17,7 +18,7 @@ def test_flags_override_a_config_file_and_a_resumed_run(tmp_path):
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.out) == ("resnet20", 3, 0.2, "r")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(TrainConfig(model="resnet20_abn", epochs=4, out=str(run)).to_json())
+    (run / "config.json").write_text(TrainConfig(model="resnet20_abn", epochs=4, lr=0.1, out=str(run)).to_json())
     resumed = TrainConfig.from_sources({"out": str(run), "epochs": 6}, str(config), resume=True)
     assert (resumed.model, resumed.epochs, resumed.lr) == ("resnet20_abn", 6, 0.1)  # the run's, not --config's
     with pytest.raises(AbnetError, match="--model, --data required"):
@@ -53,4 +54,33 @@ def test_a_log_every_of_zero_in_a_config_file_is_refused(tmp_path, capsys):
     config.write_text(json.dumps({"model": "resnet20_abn", "data": "shapes", "log_every": 0}))
     code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "log-every must be >= 1")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_default_recipe_scales_the_lr_with_the_batch_and_smooths_class_labels_only():
+    default = TrainConfig(model="resnet20_abn", data="cifar10").resolved()
+    assert (default.schedule, default.warmup_epochs, default.nesterov, default.weight_decay) == ("cosine", 1.0, True,
+                                                                                               5e-4)
+    assert (default.batch_size, default.lr, default.label_smoothing) == (128, pytest.approx(0.2), 0.1)
+    assert TrainConfig(data="cifar10", batch_size=32).resolved().lr == pytest.approx(0.05)
+    assert TrainConfig(data="cifar10", batch_size=32, lr=0.3).resolved().lr == 0.3  # a given lr is kept
+    assert TrainConfig(data="celeba").resolved().label_smoothing == 0.0  # attributes: nothing to smooth over
+    assert TrainConfig(data="shapes-multi", label_smoothing=0.0).resolved().label_smoothing == 0.0
+    # the schedule reads the scaled lr: 1/10 of it at step 0, all of it after the 1-epoch warm-up, 0 at the end
+    cfg = TrainConfig(data="cifar10", batch_size=64, epochs=3)
+    assert [round(cfg.lr_at(s, 10), 6) for s in (0, 10, 20, 30)] == [0.01, 0.1, 0.05, 0.0]
+
+
+def test_config_json_records_the_lr_and_label_smoothing_used_and_no_nesterov_turns_it_off(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--epochs", "1", "--no-nesterov", "--out",
+                 str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["label_smoothing"], config["nesterov"]) == (pytest.approx(0.05), 0.1, False)
+
+
+def test_milestones_with_the_cosine_schedule_are_refused_in_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY_ARGS, "--milestones", "10", "20",
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "milestones apply to the step schedule", "--schedule step")
     assert not (tmp_path / "r").exists()

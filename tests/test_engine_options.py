@@ -34,8 +34,8 @@ def test_device_that_is_not_here_is_a_one_line_error(tmp_path, capsys):
 
 def test_milestones_and_gamma_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--epochs", "2", "--milestones", "1", "--gamma",
-                 "0.5", "--lr", "0.2", "--out", str(out)]) == 0
+    assert main(["train", "--model", "resnet20_abn", *TINY_ARGS, "--epochs", "2", "--schedule", "step",
+                 "--milestones", "1", "--gamma", "0.5", "--lr", "0.2", "--warmup-epochs", "0", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["milestones"] == [1.0] and config["gamma"] == 0.5
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -11,7 +11,7 @@ from abnet.engine.checkpoint import load_checkpoint, load_state
 from abnet.engine.config import TrainConfig
 from abnet.engine.train import train
 
-TINY = dict(limit_train=192, limit_val=64, lr=0.05, schedule="cosine")  # on top of conftest.tiny_config
+TINY = dict(limit_train=192, limit_val=64)  # on top of conftest.tiny_config; the default recipe (lr 0.05 at batch 32)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_plain_baseline_trains_too(tmp_path):
 
 
 def test_learning_rate_schedules():
-    step = TrainConfig(epochs=4, lr=0.1, schedule="step")
+    step = TrainConfig(epochs=4, lr=0.1, schedule="step", warmup_epochs=0)
     assert [round(step.lr_at(e * 10, 10), 6) for e in range(4)] == [0.1, 0.1, 0.01, 0.001]
     cosine = TrainConfig(epochs=2, lr=0.1, schedule="cosine", warmup_epochs=1)
     assert cosine.lr_at(0, 10) == pytest.approx(0.01) and cosine.lr_at(10, 10) == pytest.approx(0.1)

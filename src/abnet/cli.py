@@ -93,14 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the run in --out (its run files are deleted)")
     p.add_argument("--epochs", type=positive_int, help="(30)")
     p.add_argument("--batch-size", type=positive_int, help="(128)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (0.1)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (0.2 x batch size / 128)")
     p.add_argument("--momentum", type=non_negative_float, help="SGD momentum (0.9)")
-    p.add_argument("--weight-decay", type=non_negative_float, help="(1e-4)")
+    p.add_argument("--weight-decay", type=non_negative_float, help="(5e-4)")
     p.add_argument("--schedule", choices=("step", "cosine"),
-                   help="step (default): x0.1 at 50%% and 75%% of the epochs; cosine: to zero")
-    p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (0)")
-    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum")
-    p.add_argument("--label-smoothing", type=non_negative_float, help="cross-entropy label smoothing, 0-1 (0)")
+                   help="cosine (default): to zero after the warm-up; step: x0.1 at 50%% and 75%% of the epochs "
+                        "(the paper's)")
+    p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (1)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (on)")
+    p.add_argument("--label-smoothing", type=non_negative_float,
+                   help="cross-entropy label smoothing, 0-1 (0.1; 0 on attribute data)")
     p.add_argument("--val-split", choices=("val", "test"),
                    help="split evaluated each epoch: val (the set's own, or --val-fraction of the training images) "
                         "or test, training on the whole training split (val)")

@@ -57,6 +57,7 @@ class DataSpec:
     extra_splits: tuple[str, ...] = field(default=())  # readable on request, never carved
     find_splits: Callable[[Path], tuple[str, ...]] | None = None  # native splits found under the root
     any_size: bool = False  # files read at any size: by default the model's input size (image folders, CelebA)
+    attributes: bool = False  # labels are 0/1 attributes (multi-label), not one class per image
 
     def native_splits(self, o: DataOptions) -> tuple[str, ...]:
         return self.find_splits(o.root) if self.find_splits and o.root else self.splits
@@ -106,7 +107,7 @@ def _folder_splits(root: Path) -> tuple[str, ...]:
 SHAPES = DataSpec("shapes", _generated(make_shapes), ("train", "val", "test"), mean=(0.5, 0.5, 0.5),
                   std=(0.25, 0.25, 0.25))
 SHAPES_MULTI = DataSpec("shapes-multi", _generated(make_shapes_multi), ("train", "val", "test"), mean=(0.5, 0.5, 0.5),
-                        std=(0.25, 0.25, 0.25))  # 10 binary attributes with a mask each; see make_shapes_multi
+                        std=(0.25, 0.25, 0.25), attributes=True)  # 10 binary attributes with a mask each
 SHAPES_SHORTCUT = DataSpec("shapes-shortcut", _generated(make_shapes_shortcut), ("train", "val", "test"),
                            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # a class marker in train; see shapes.py
 DATASETS = {spec.name: spec for spec in (
@@ -129,7 +130,7 @@ DATASETS = {spec.name: spec for spec in (
              find_splits=_folder_splits, any_size=True,
              layout="train/<class>/<images> and optionally val/<class>/<images> (or just <class>/<images>)"),
     DataSpec("celeba", _read_celeba, ("train", "val", "test"), mean=IMAGENET_MEAN, std=IMAGENET_STD, any_size=True,
-             layout="img_align_celeba/, list_attr_celeba.txt and list_eval_partition.txt"),
+             attributes=True, layout="img_align_celeba/, list_attr_celeba.txt and list_eval_partition.txt"),
 )}
 
 
