@@ -169,7 +169,7 @@ def faithfulness(model: torch.nn.Module, meta: Any, held_out: Any, split: str,
 
 def run_record(run_dir: Path) -> dict[str, Any]:
     """What the run's files say about its training: command, epochs, seconds, device, image counts, resumes."""
-    config = TrainConfig.from_dict(read_config(run_dir / "config.json"), str(run_dir / "config.json"))
+    config = TrainConfig.from_run(read_config(run_dir / "config.json"), str(run_dir / "config.json"))
     epochs: dict[int, dict[str, Any]] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         if line.strip():
@@ -185,8 +185,14 @@ def run_record(run_dir: Path) -> dict[str, Any]:
             "resumes": len(re.findall(r"^\S+ \S+ resuming ", log, re.MULTILINE))}
 
 
+# Written out even where they equal today's defaults, so that a card's command still trains the same run after
+# the defaults change.
+RECIPE = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "warmup_epochs", "nesterov", "label_smoothing")
+
+
 def train_command(config: TrainConfig) -> str:
-    """The `abnet train` command line that makes ``config``: its settings that differ from the defaults, as flags."""
+    """The `abnet train` command line that makes ``config``: its recipe and its other settings that differ from the
+    defaults, as flags."""
     train = next(a for a in build_parser()._subparsers._group_actions if a.dest == "command").choices["train"]
     values, defaults, done = vars(config), vars(TrainConfig()), set()
     words = ["abnet", "train"]
@@ -195,7 +201,7 @@ def train_command(config: TrainConfig) -> str:
         if dest not in values or dest in done or not action.option_strings:
             continue
         value = values[dest]
-        if value == defaults[dest] and dest not in ("model", "data", "out"):
+        if value == defaults[dest] and dest not in ("model", "data", "out", *RECIPE):
             continue
         if isinstance(action, argparse.BooleanOptionalAction):  # --nesterov / --no-nesterov
             words.append(action.option_strings[0 if value else 1])

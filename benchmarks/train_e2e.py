@@ -65,7 +65,7 @@ def abnet_epoch(name: str, root: str, n: int, **options) -> float:
     """images/s of the second epoch (the first pays for torch.compile's compilation)."""
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(model=name, data="cifar10", data_root=root, out=out, epochs=2, limit_train=n,
-                          limit_val=128, **options)
+                          limit_val=128, nesterov=False, label_smoothing=0.0, **options)  # the reference's SGD
         train(cfg, progress=False)
         lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
         return json.loads(lines[-1])["images_per_s"]

@@ -1,6 +1,9 @@
 """How `abnet train` settles its settings: config file, resumed run and flags; sizes from the model."""
 
 import json
+import shlex
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ from conftest import TINY_ARGS, assert_one_line_error, run_cli, save_random_imag
 from abnet.cli import main
 from abnet.engine.config import TrainConfig
 from abnet.errors import AbnetError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_flags_override_a_config_file_and_a_resumed_run(tmp_path):
@@ -84,3 +89,46 @@ def test_milestones_with_the_cosine_schedule_are_refused_in_one_line(tmp_path, c
                            "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "milestones apply to the step schedule", "--schedule step")
     assert not (tmp_path / "r").exists()
+
+
+def test_momentum_zero_with_nesterov_is_refused_in_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20_abn", *TINY_ARGS, "--momentum", "0",
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "Nesterov", "--no-nesterov")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_saved_before_the_default_recipe_resumes_with_the_recipe_it_trained_with(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    saved = {k: v for k, v in json.loads(TrainConfig(model="resnet20_abn", out=str(run)).to_json()).items()
+             if k not in ("lr", "weight_decay", "schedule", "warmup_epochs", "nesterov", "label_smoothing")}
+    (run / "config.json").write_text(json.dumps(saved))  # the keys an older abnet did not write, or wrote as defaults
+    resumed = TrainConfig.from_sources({"out": str(run)}, resume=True).resolved()
+    assert (resumed.lr, resumed.weight_decay, resumed.schedule, resumed.warmup_epochs, resumed.nesterov,
+            resumed.label_smoothing) == (0.1, 1e-4, "step", 0.0, False, 0.0)
+    fresh = TrainConfig.from_sources({"out": "new", "model": "resnet20_abn", "data": "shapes"}).resolved()
+    assert (fresh.schedule, fresh.nesterov) == ("cosine", True)  # a new run gets today's defaults
+
+
+def test_a_paper_config_with_schedule_cosine_drops_its_milestones():
+    paper = str(ROOT / "configs" / "table1_cifar100_resnet20_residual.json")
+    cfg = TrainConfig.from_sources({"out": "r", "schedule": "cosine"}, paper).validate()
+    assert cfg.milestones is None and cfg.schedule == "cosine"
+    assert TrainConfig.from_sources({"out": "r"}, paper).milestones == [150, 225]
+
+
+def test_a_model_cards_train_command_remakes_the_recipe_of_its_run():
+    from conftest import benchmark_script
+
+    from abnet.cli import build_parser
+    from abnet.engine.config import read_config
+
+    command = benchmark_script("ship_pretrained").train_command
+    for path in (ROOT / "results/cifar10_runs/resnet20_abn_e100/config.json",
+                 ROOT / "configs/fast_cifar10_resnet20_abn.json"):
+        run = replace(TrainConfig.from_run(read_config(path), str(path)).resolved(), source=None)
+        args = vars(build_parser().parse_args(shlex.split(command(run))[1:]))
+        again = TrainConfig.from_sources({k: v for k, v in args.items() if v is not None and k in
+                                          TrainConfig.__dataclass_fields__}).resolved()
+        assert again == run

@@ -72,10 +72,14 @@ def test_every_recipe_is_a_valid_config(path):
     from abnet.engine.config import read_config
     from abnet.models import model_info
 
-    cfg = TrainConfig.from_dict(read_config(path)).validate()
+    values = read_config(path)
+    cfg = TrainConfig.from_dict(values).validate()
     model_info(cfg.model)
     data_spec(cfg.data)
     assert cfg.source
+    # every recipe pins the settings the default recipe sets, so that it stays as published when defaults change
+    assert {"lr", "batch_size", "epochs", "schedule", "warmup_epochs", "weight_decay", "nesterov",
+            "label_smoothing"} <= set(values)
     if cfg.schedule == "step":  # the paper recipes
         assert cfg.milestones and cfg.milestones[-1] < cfg.epochs and not cfg.nesterov and not cfg.label_smoothing
 

@@ -78,8 +78,8 @@ def test_a_short_run_beats_the_majority_baseline_on_every_attribute(tmp_path):
     from abnet.engine.train import train
 
     cfg = TrainConfig(model=f"{register_tiny_cnn()}_abn_mt", data="shapes-multi", out=str(tmp_path / "run"),
-                      epochs=EPOCHS, batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine",
-                      limit_train=TRAIN_IMAGES, limit_val=200, pos_weight="balanced")
+                      epochs=EPOCHS, batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=0,
+                      nesterov=False, limit_train=TRAIN_IMAGES, limit_val=200, pos_weight="balanced")  # as calibrated
     train(cfg, progress=False)
     model, _ = load_checkpoint(tmp_path / "run")
     test = load_dataset("shapes-multi", "test", 400, cfg.data_options())

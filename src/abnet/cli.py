@@ -94,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help="(30)")
     p.add_argument("--batch-size", type=positive_int, help="(128)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (0.2 x batch size / 128)")
-    p.add_argument("--momentum", type=non_negative_float, help="SGD momentum (0.9)")
+    p.add_argument("--momentum", type=non_negative_float, help="SGD momentum (0.9; 0 needs --no-nesterov)")
     p.add_argument("--weight-decay", type=non_negative_float, help="(5e-4)")
     p.add_argument("--schedule", choices=("step", "cosine"),
-                   help="cosine (default): to zero after the warm-up; step: x0.1 at 50%% and 75%% of the epochs "
-                        "(the paper's)")
+                   help="cosine (default): to zero after the warm-up; step: x--gamma at --milestones, by default "
+                        "at 50%% and 75%% of the epochs (the research code's schedule; its whole recipe is in the "
+                        "paper configs, configs/)")
     p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (1)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (on)")
     p.add_argument("--label-smoothing", type=non_negative_float,
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_const", const=True,
                    help="under torchrun on GPUs: batch-norm statistics over the whole global batch")
     p.add_argument("--milestones", type=non_negative_float, nargs="+",
-                   help="step schedule: epochs where the lr is multiplied by --gamma (default 50%% and 75%%)")
+                   help="with --schedule step: epochs where the lr is multiplied by --gamma (default 50%% and 75%%)")
     p.add_argument("--gamma", type=positive_float, help="step schedule factor (0.1)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="keep tensors channels-first (channels_last is faster on CPUs)")

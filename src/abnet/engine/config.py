@@ -21,6 +21,9 @@ VAL_SPLITS = ("val", "test")
 # smoothing: the long runs of results/recipe_study.md.
 LR_PER_128_IMAGES = 0.2
 LABEL_SMOOTHING = 0.1
+# What runs trained with before the default recipe, for the settings a saved config.json of an older abnet lacks.
+DEFAULTS_BEFORE_RECIPE = {"lr": 0.1, "weight_decay": 1e-4, "schedule": "step", "warmup_epochs": 0.0,
+                          "nesterov": False, "label_smoothing": 0.0}
 
 
 @dataclass
@@ -100,6 +103,8 @@ class TrainConfig:
             raise AbnetError(f"milestones must be increasing epochs, got {self.milestones}")
         if self.milestones is not None and self.schedule != "step":
             raise AbnetError(f"milestones apply to the step schedule, not {self.schedule}; add --schedule step")
+        if self.nesterov and self.momentum == 0:
+            raise AbnetError("Nesterov momentum needs a momentum above 0; add --no-nesterov (or drop --momentum 0)")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise AbnetError(f"label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
@@ -160,14 +165,22 @@ class TrainConfig:
         if resume:
             if not flags.get("out"):
                 raise AbnetError("--resume needs --out, the run folder to continue")
-            values = read_config(Path(flags["out"]) / "config.json")
+            values = {**DEFAULTS_BEFORE_RECIPE, **read_config(Path(flags["out"]) / "config.json")}
         else:
             values = read_config(config_file) if config_file else {}
         values.update(flags)
+        if "milestones" not in flags and values.get("schedule", cls.schedule) != "step":
+            values.pop("milestones", None)  # a file's milestones, moot under the schedule the flags chose
         missing = [name for name in ("model", "data", "out") if name not in values]
         if missing:
             raise AbnetError(f"{', '.join('--' + m for m in missing)} required (as flags or in --config)")
         return cls.from_dict(values)
+
+    @classmethod
+    def from_run(cls, values: dict[str, Any], source: str) -> TrainConfig:
+        """A saved run's settings (its config.json or checkpoint record): settings that an older abnet did not
+        write yet take the values that run trained with, not today's defaults."""
+        return cls.from_dict({**DEFAULTS_BEFORE_RECIPE, **values}, source)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

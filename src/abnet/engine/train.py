@@ -360,6 +360,9 @@ def _prepare(
                  cfg.model, f"{sum(p.numel() for p in trainer.model.parameters()):,}", cfg.data, len(train_set),
                  len(val_set), cfg.val_split, "x".join(map(str, train_set.image_size)), cfg.epochs,
                  describe_device(device), cfg.precision)
+    if cfg.warmup_epochs >= cfg.epochs:
+        log.warning("the %g-epoch warm-up lasts the whole %d-epoch run, so the learning rate never comes down; "
+                    "lower --warmup-epochs", cfg.warmup_epochs, cfg.epochs)
     if cfg.map_targets is not None:
         log.info("map guidance: %s targets for %d of %d training images, %s loss x %g", cfg.map_targets,
                  guided_count(train_set), len(train_set), cfg.map_loss, cfg.map_weight)
@@ -377,7 +380,7 @@ RESUME_FIXED = ("model", "data", "batch_size", "seed", "limit_train", "image_siz
 
 def check_resumable(cfg: TrainConfig, meta: CheckpointMeta, run_dir: Path) -> None:
     """Refuse to resume a run with settings that would make its saved step point at other images."""
-    before = TrainConfig.from_dict(meta.train_config, f"{run_dir / STATE_FILE}'s settings").resolved()
+    before = TrainConfig.from_run(meta.train_config, f"{run_dir / STATE_FILE}'s settings").resolved()
     changed = [f"--{k.replace('_', '-')} {getattr(before, k)} -> {getattr(cfg, k)}" for k in RESUME_FIXED
                if getattr(before, k) != getattr(cfg, k)]
     if changed:

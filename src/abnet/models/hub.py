@@ -26,6 +26,7 @@ from .weights import write_safetensors
 CARD_FILE = "README.md"
 _CARD_CLASSES = 20  # class names listed in the card; config.json has all
 _SETTINGS = {"epochs": "{} epochs", "batch_size": "batch size {}", "lr": "lr {}", "schedule": "{} schedule",
+             "warmup_epochs": "{} warm-up epochs", "label_smoothing": "label smoothing {}",
              "weight_decay": "weight decay {}", "seed": "seed {}"}  # training settings the card names
 
 
