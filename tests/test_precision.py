@@ -157,6 +157,44 @@ def test_flip_evaluation_averages_an_image_and_its_mirror():
     assert evaluate(model, loader, flip=True)["accuracy"] == pytest.approx(torch.cat(hits).float().mean().item())
 
 
+class _RecordsAutocast(torch.nn.Module):
+    """Wraps a model and records whether each forward pass ran under CPU autocast, and in which dtype."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return self.model(x)
+
+
+def test_evaluation_in_bf16_runs_under_autocast_and_scores_like_fp32():
+    torch.manual_seed(0)
+    model = _RecordsAutocast(abnet.create_model("resnet20_abn", num_classes=6))
+    loader = make_loader(make_shapes(64, size=16), data_spec("shapes"), 16)
+    fp32 = evaluate(model, loader)
+    assert set(model.seen) == {None}
+    model.seen.clear()
+    bf16 = evaluate(model, loader, flip=True, dtype=torch.bfloat16)
+    assert set(model.seen) == {torch.bfloat16} and len(model.seen) == 8  # 4 batches, each also mirrored
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+    assert abs(bf16["accuracy"] - evaluate(model, loader, flip=True)["accuracy"]) <= 2 / 64
+
+
+@pytest.mark.parametrize("requested, dtype", [("bf16", torch.bfloat16), ("fp32", None)])
+def test_the_training_loop_validates_in_the_precision_it_trains_in(tmp_path, monkeypatch, requested, dtype):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", spy)
+    engine.train(tiny_config(tmp_path / "run", precision=requested), progress=False)
+    assert seen and set(seen) == {dtype}
+
+
 def test_nesterov_reaches_the_optimizer_and_val_split_test_trains_on_the_whole_training_split(tmp_path,
                                                                                               monkeypatch):
     root = tmp_path / "data"

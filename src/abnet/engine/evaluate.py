@@ -28,14 +28,22 @@ def model_loss(
 def flip_averaged(model: nn.Module, images: Tensor, flip: bool = True) -> ABNOutput | Tensor:
     """The model's output on ``images``; with ``flip``, both branches' logits averaged with those of the mirror
     images (test-time augmentation; the attention map stays the unmirrored image's)."""
-    output = model(images)
+    output = _fp32(model(images))
     if not flip:
         return output
-    mirrored = model(images.flip(3))
+    mirrored = _fp32(model(images.flip(3)))
     if isinstance(output, ABNOutput):
         return output._replace(logits=(output.logits + mirrored.logits) / 2,
                                att_logits=(output.att_logits + mirrored.att_logits) / 2)
     return (output + mirrored) / 2
+
+
+def _fp32(output: ABNOutput | Tensor) -> ABNOutput | Tensor:
+    """A forward pass's outputs in fp32 (autocast leaves them in bf16 or fp16), so that losses and averages are
+    computed at full precision."""
+    if isinstance(output, ABNOutput):
+        return ABNOutput(*(t.float() for t in output))
+    return output.float()
 
 
 def correct(logits: Tensor, target: Tensor) -> float:
@@ -51,12 +59,16 @@ def class_names(loader: InMemoryLoader | FolderLoader) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader, flip: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, loader: InMemoryLoader | FolderLoader, flip: bool = False, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """Top-1 accuracy of the perception branch (``accuracy``) and attention branch (``att_accuracy``,
     None for a plain model; for 0/1 attributes, the mean accuracy over attributes), mean ``loss`` (the
     training loss), ``n``, and ``pointing_game`` when the data has object masks and the model makes
     attention maps. ``flip``: test-time augmentation, the logits averaged over each image and its mirror image
-    (the map and pointing game stay the unmirrored image's).
+    (the map and pointing game stay the unmirrored image's). ``dtype``: run the model under bf16 or fp16 autocast
+    (the training loop evaluates in the precision it trains in: on a CPU with native bf16 that is 3x faster);
+    None evaluates in fp32, as ``abnet eval`` does.
 
     For 0/1 attributes (float labels (N, T)) also ``attributes`` ({name: {accuracy, balanced_accuracy,
     positive_rate}} of the perception branch) and ``mean_balanced_accuracy``. With one mask per attribute
@@ -73,7 +85,8 @@ def evaluate(model: nn.Module, loader: InMemoryLoader | FolderLoader, flip: bool
     attributes: AttributeCounts | None = None
     device = next(model.parameters()).device
     for batch in loader.epoch():
-        out = flip_averaged(model, batch.images.to(device), flip)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = flip_averaged(model, batch.images.to(device), flip)
         y = batch.labels.to(device)
         loss_sum += model_loss(out, y).item() * len(y)
         n += len(y)

@@ -248,7 +248,7 @@ class Trainer:
         metrics = {"epoch": epoch, "train_loss": state.loss_sum / max(state.seen, 1)}
         val = None
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val = evaluate(self.model, self.val_loader, flip=cfg.eval_flip)
+            val = evaluate(self.model, self.val_loader, flip=cfg.eval_flip, dtype=self.autocast_dtype)
             metrics.update({"val_loss": val["loss"], "val_accuracy": val["accuracy"],
                             "val_att_accuracy": val["att_accuracy"],
                             **{f"val_{k}": val[k] for k in ("mean_balanced_accuracy", "pointing_game") if k in val}})
