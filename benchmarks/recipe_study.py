@@ -76,6 +76,10 @@ RECIPES.update({"fast_fp32": [*FAST, "--precision", "fp32"], "fast_bf16": [*FAST
 # evaluated every 5th epoch (the last epoch is always evaluated).
 RECIPES.update({"old_auto": [*variant(RECIPES["old"], precision="auto"), "--eval-every", "5"],
                 "fast_auto": [*FAST, "--precision", "auto", "--eval-every", "5"]})
+# The default recipe (no flip TTA) against the same with a warm-up of a tenth of the run: 0.4 epochs of 4, 0.2 of 2.
+DEFAULT = [*(flag for flag in FAST if flag != "--eval-flip"), "--precision", "auto", "--eval-every", "5"]
+RECIPES.update({"default": DEFAULT, "default_wu04": variant(DEFAULT, warmup_epochs="0.4"),
+                "default_wu02": variant(DEFAULT, warmup_epochs="0.2")})
 # The paper's Table 1 (what the perception branch reads) on the same 15-epoch recipe; plain resnet20 runs fast_bf16.
 RECIPES.update({f"fast_bf16_{mask}": [*RECIPES["fast_bf16"], "--mask", mask] for mask in ("multiply", "none")})
 
@@ -106,6 +110,9 @@ STUDIES = {
     # The long study's new recipe on the short runs: does the candidate default also learn fast?
     "short_fast": [Study("cifar10", 5000, 4, (0, 1), ["fast_auto"]),
                    Study("fashion-mnist", 6000, 2, (0, 1), ["fast_auto"])],
+    # Short runs: is the 1-epoch warm-up too long for them?
+    "short_warmup": [Study("cifar10", 5000, 4, (0, 1), ["default", "default_wu04"]),
+                     Study("fashion-mnist", 6000, 2, (0, 1), ["default", "default_wu02"])],
     # Seeds 0 and 1 of resnet20_abn's fast_bf16 (mask residual) are the precision study's runs.
     "table1": [Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16", "fast_bf16_multiply", "fast_bf16_none"]),
                Study("cifar10", None, 15, (0, 1, 2), ["fast_bf16"], ("resnet20",))],
