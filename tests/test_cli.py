@@ -104,11 +104,17 @@ def test_resume_of_another_model_is_refused(abn_run, capsys):
     assert {p.name: p.read_bytes() for p in abn_run.iterdir()} == before
 
 
-def test_resume_continues_the_run(abn_run, tmp_path, capsys):
+def test_resume_continues_the_run_with_the_flags_given_then_and_later(abn_run, tmp_path, capsys):
     copy = shutil.copytree(abn_run, tmp_path / "copy")
-    code, out, _ = run_cli(capsys, "train", "--out", str(copy), "--resume", "--epochs", "2")
+    code, out, _ = run_cli(capsys, "train", "--out", str(copy), "--resume", "--epochs", "2", "--weight-decay", "1e-3")
     assert code == 0 and json.loads(out)["epoch"] == 2
     assert len((copy / "metrics.jsonl").read_text().splitlines()) == 2
+    # The optimizer trained with the new weight decay, not the one its saved state carried.
+    assert torch.load(copy / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"] == 1e-3
+    # config.json keeps the flags, so a later --resume continues the 2-epoch run, not the 1-epoch one.
+    assert json.loads((copy / "config.json").read_text())["epochs"] == 2
+    code, _, err = run_cli(capsys, "train", "--out", str(copy), "--resume")
+    assert code == 0 and "already trained all 2 epochs" in err
 
 
 def test_missing_required_flags(capsys):

@@ -283,3 +283,15 @@ def test_cli_names_match_the_registry():
     from abnet.cli import DATA_NAMES
 
     assert DATA_NAMES.split(", ") == list(DATASETS)
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_a_data_set_declares_attributes_exactly_when_its_labels_are_0_1_attributes(root, name):
+    """DataSpec.attributes decides settings before any data is read (label smoothing's default); the loaded labels
+    decide the loss and metrics. The two must agree for every registered data set."""
+    options = DataOptions(image_size=32)
+    if data_spec(name).needs_root:
+        WRITERS[name](root)  # every data set read from disk has a writer here
+        options = DataOptions(root=root, image_size=32)
+    labels = load_dataset(name, "train", limit=8, options=options).labels
+    assert data_spec(name).attributes == labels.is_floating_point()

@@ -165,7 +165,7 @@ class TrainConfig:
         if resume:
             if not flags.get("out"):
                 raise AbnetError("--resume needs --out, the run folder to continue")
-            values = {**DEFAULTS_BEFORE_RECIPE, **read_config(Path(flags["out"]) / "config.json")}
+            values = with_old_defaults(read_config(Path(flags["out"]) / "config.json"))
         else:
             values = read_config(config_file) if config_file else {}
         values.update(flags)
@@ -180,7 +180,7 @@ class TrainConfig:
     def from_run(cls, values: dict[str, Any], source: str) -> TrainConfig:
         """A saved run's settings (its config.json or checkpoint record): settings that an older abnet did not
         write yet take the values that run trained with, not today's defaults."""
-        return cls.from_dict({**DEFAULTS_BEFORE_RECIPE, **values}, source)
+        return cls.from_dict(with_old_defaults(values), source)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -209,6 +209,11 @@ class TrainConfig:
             return 0.5 * lr * (1 + math.cos(math.pi * min((epoch - self.warmup_epochs) / span, 1.0)))
         milestones = self.milestones if self.milestones is not None else [0.5 * self.epochs, 0.75 * self.epochs]
         return lr * self.gamma ** sum(epoch >= m for m in milestones)
+
+
+def with_old_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's settings, where an older abnet did not write a setting: the value that run trained with."""
+    return {**DEFAULTS_BEFORE_RECIPE, **values}
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -151,9 +151,12 @@ class Trainer:
         self.epoch_images, self.epoch_seconds = 0, 0.0
 
     def restore(self, saved: dict[str, Any]) -> RunState:
-        """Load a last.pt state: weights, optimizer, loss scaler and this process's RNG states."""
+        """Load a last.pt state: weights, optimizer (its momentum buffers; the settings are this run's, which
+        resuming may change), loss scaler and this process's RNG states."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:
+            group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay, nesterov=self.cfg.nesterov)
         if saved.get("scaler"):  # empty when written with the scaler off (CPU, fp32)
             self.scaler.load_state_dict(saved["scaler"])
         rng = saved["rng"]
@@ -349,6 +352,8 @@ def _prepare(
         except Exception:
             trainer.close()
             raise
+        if job.is_main:  # the flags given with --resume (say a larger --epochs) hold for later resumes, too
+            write_text(run_dir / "config.json", cfg.to_json())
         if state.epoch < cfg.epochs:  # a finished run says so below instead
             log.info("resuming %s at epoch %d of %d%s, on %s in %s", run_dir, state.epoch + 1, cfg.epochs,
                      f", step {state.step + 1}" if state.step else "", describe_device(device), cfg.precision)
