@@ -71,6 +71,9 @@ def test_the_default_recipe_scales_the_lr_with_the_batch_and_smooths_class_label
     assert TrainConfig(data="cifar10", batch_size=32, lr=0.3).resolved().lr == 0.3  # a given lr is kept
     assert TrainConfig(data="celeba").resolved().label_smoothing == 0.0  # attributes: nothing to smooth over
     assert TrainConfig(data="shapes-multi", label_smoothing=0.0).resolved().label_smoothing == 0.0
+    # the warm-up: 1 epoch, but at most half the run; a given one is kept
+    assert [TrainConfig(epochs=e).resolved().warmup_epochs for e in (1, 2, 30)] == [0.5, 1.0, 1.0]
+    assert TrainConfig(epochs=1, warmup_epochs=2).resolved().warmup_epochs == 2
     # the schedule reads the scaled lr: 1/10 of it at step 0, all of it after the 1-epoch warm-up, 0 at the end
     cfg = TrainConfig(data="cifar10", batch_size=64, epochs=3)
     assert [round(cfg.lr_at(s, 10), 6) for s in (0, 10, 20, 30)] == [0.01, 0.1, 0.05, 0.0]

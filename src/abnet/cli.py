@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine (default): to zero after the warm-up; step: x--gamma at --milestones, by default "
                         "at 50%% and 75%% of the epochs (the research code's schedule; its whole recipe is in the "
                         "paper configs, configs/)")
-    p.add_argument("--warmup-epochs", type=non_negative_float, help="linear warm-up from lr/10 (1)")
+    p.add_argument("--warmup-epochs", type=non_negative_float,
+                   help="linear warm-up from lr/10 (1, at most half the run)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (on)")
     p.add_argument("--label-smoothing", type=non_negative_float,
                    help="cross-entropy label smoothing, 0-1 (0.1; 0 on attribute data)")

@@ -21,6 +21,7 @@ VAL_SPLITS = ("val", "test")
 # smoothing: the long runs of results/recipe_study.md.
 LR_PER_128_IMAGES = 0.2
 LABEL_SMOOTHING = 0.1
+WARMUP_EPOCHS = 1.0  # at most half the run: a 1-epoch run warms up for half an epoch, then decays
 # What runs trained with before the default recipe, for the settings a saved config.json of an older abnet lacks.
 DEFAULTS_BEFORE_RECIPE = {"lr": 0.1, "weight_decay": 1e-4, "schedule": "step", "warmup_epochs": 0.0,
                           "nesterov": False, "label_smoothing": 0.0}
@@ -30,8 +31,9 @@ DEFAULTS_BEFORE_RECIPE = {"lr": 0.1, "weight_decay": 1e-4, "schedule": "step", "
 class TrainConfig:
     """Everything that decides a run. The default recipe is the one results/recipe_study.md found better than the
     ABN research code's (lr 0.1 divided by 10 at 50 % and 75 % of the epochs, weight decay 1e-4) in short and long
-    runs: SGD with Nesterov momentum 0.9, lr 0.2 per 128 images of batch, a 1-epoch linear warm-up, then cosine to
-    zero, label smoothing 0.1, weight decay 5e-4, batch 128, 30 epochs. The paper recipes in configs/ pin theirs."""
+    runs: SGD with Nesterov momentum 0.9, lr 0.2 per 128 images of batch, a 1-epoch linear warm-up (at most half
+    the run), then cosine to zero, label smoothing 0.1, weight decay 5e-4, batch 128, 30 epochs. The paper recipes
+    in configs/ pin theirs."""
 
     model: str = "resnet20_abn"
     data: str = "shapes"
@@ -48,7 +50,7 @@ class TrainConfig:
     nesterov: bool = True  # Nesterov momentum
     # class-index targets: cross-entropy against (1 - s) one-hot + s uniform (None: 0.1, and 0 on attribute data)
     label_smoothing: float | None = None
-    warmup_epochs: float = 1.0  # linear warm-up from lr/10, counted in (fractional) epochs
+    warmup_epochs: float | None = None  # linear warm-up from lr/10, in (fractional) epochs (None: see warmup)
     pretrained: bool = False  # tv:/timm: models: start from the library's weights in the local cache
     weights: str | None = None  # start from these weights: an abnet checkpoint or run, a research-code or tv/timm file
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -137,13 +139,20 @@ class TrainConfig:
         rule: the recipe study's best short runs used 0.05 at batch 32, its long runs 0.2 at batch 128)."""
         return self.lr if self.lr is not None else LR_PER_128_IMAGES * self.batch_size / 128
 
+    @property
+    def warmup(self) -> float:
+        """The warm-up's length in epochs: ``warmup_epochs``, or by default 1 epoch but at most half the run (a
+        1-epoch run would otherwise never come down from its peak)."""
+        return self.warmup_epochs if self.warmup_epochs is not None else min(WARMUP_EPOCHS, self.epochs / 2)
+
     def resolved(self) -> TrainConfig:
         """These settings with the defaults that depend on the model, the data or the batch filled in, so that
-        config.json records the values used: the learning rate (:attr:`peak_lr`); label smoothing (0.1 on class
-        labels, 0 on attribute data, which has no classes to smooth over); and the image size of data sets read at
-        any size (image folders, CelebA): the model's registered input size unless ``image_size`` says."""
+        config.json records the values used: the learning rate (:attr:`peak_lr`) and warm-up (:attr:`warmup`); label
+        smoothing (0.1 on class labels, 0 on attribute data, which has no classes to smooth over); and the image size
+        of data sets read at any size (image folders, CelebA): the model's registered input size unless
+        ``image_size`` says."""
         spec = data_spec(self.data)
-        values: dict[str, Any] = {"lr": self.peak_lr}
+        values: dict[str, Any] = {"lr": self.peak_lr, "warmup_epochs": self.warmup}
         if self.label_smoothing is None:
             values["label_smoothing"] = 0.0 if spec.attributes else LABEL_SMOOTHING
         if self.image_size is None and spec.any_size:
@@ -201,12 +210,12 @@ class TrainConfig:
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """Learning rate at optimizer step ``step`` (0-based): warm-up, then the schedule."""
-        epoch, lr = step / steps_per_epoch, self.peak_lr
-        if epoch < self.warmup_epochs:
-            return lr * (0.1 + 0.9 * epoch / self.warmup_epochs)
+        epoch, lr, warmup = step / steps_per_epoch, self.peak_lr, self.warmup
+        if epoch < warmup:
+            return lr * (0.1 + 0.9 * epoch / warmup)
         if self.schedule == "cosine":
-            span = max(self.epochs - self.warmup_epochs, 1e-8)
-            return 0.5 * lr * (1 + math.cos(math.pi * min((epoch - self.warmup_epochs) / span, 1.0)))
+            span = max(self.epochs - warmup, 1e-8)
+            return 0.5 * lr * (1 + math.cos(math.pi * min((epoch - warmup) / span, 1.0)))
         milestones = self.milestones if self.milestones is not None else [0.5 * self.epochs, 0.75 * self.epochs]
         return lr * self.gamma ** sum(epoch >= m for m in milestones)
 
