@@ -39,6 +39,7 @@ from .device import resolve_device
 from .distributed import Distributed, check_batch, setup, shutdown
 from .evaluate import evaluate, model_loss
 from .guidance import map_loss, rrr_loss
+from .host_memory import keep_freed_memory
 from .plots import plot_curves
 from .precision import DTYPES, describe_device, resolve_precision
 from .stopping import StopFlag, TrainingStopped, stop_on_signals
@@ -62,6 +63,7 @@ def train(
     """
     cfg = cfg.validate().resolved()
     model_info(cfg.model)  # unknown names fail here, before the run folder is touched
+    keep_freed_memory()
     device = resolve_device(cfg.device)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))  # config.json records the one used
     if cfg.deterministic:
