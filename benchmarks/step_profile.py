@@ -6,7 +6,7 @@ split of the step's time between convolutions, BatchNorm, elementwise ops and th
 
 The step's FLOPs are counted by torch.utils.flop_counter (convolutions and matrix products, forward and
 backward); the rate is a 2048x2048 matmul's. Prints one JSON line per (model, precision) and one for the rates.
-Also times the step under torch.compile (``--compile``), which on this CPU was slower, not faster.
+Also times the step under torch.compile (``--compile``). Host memory is kept between steps as in `abnet train`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from train_e2e import gemm_flops  # the same yardstick as train_e2e.py's shares
 
 import abnet
 from abnet.engine.evaluate import model_loss
+from abnet.engine.host_memory import keep_freed_memory
 from abnet.engine.precision import cpu_has_native_bf16, cpu_name
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -95,6 +96,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0, help="timing per measurement")
     p.add_argument("--compile", action="store_true", help="also time each step under torch.compile")
     args = p.parse_args()
+    keep_freed_memory()  # as abnet train does
     rates = {prec: gemm_flops(dtype=DTYPES[prec] or torch.float32) for prec in args.precisions}
     print(json.dumps({"gemm_gflops": {k: round(v / 1e9, 1) for k, v in rates.items()}, "n": 2048,
                       "threads": torch.get_num_threads(), "torch": torch.__version__,
